@@ -1,0 +1,194 @@
+// grpo._C: the thin pybind11 layer. Host functions take raw pointers (Python ints from
+// tensor.data_ptr()), sizes and mode codes, check them, fill a params struct and call the CPU kernel or
+// the CUDA launcher on the given stream. No torch headers: the module does not depend on torch's ABI.
+#include <pybind11/pybind11.h>
+
+#include <string>
+
+#include "cpu/kernels.h"
+#include "grpo_math.h"
+#include "params.h"
+#ifdef GRPO_WITH_CUDA
+#include "cuda/kernels.h"
+#endif
+
+namespace py = pybind11;
+using namespace grpo;
+
+namespace {
+
+enum Device : int { kCPU = 0, kCUDA = 1 };
+
+void require(bool ok, const std::string& msg) {
+  if (!ok) throw py::value_error("grpo._C: " + msg);
+}
+
+template <typename T>
+T* as_ptr(uintptr_t p) {
+  return reinterpret_cast<T*>(p);
+}
+
+void require_device(int device) {
+  require(device == kCPU || device == kCUDA, "device must be 0 (cpu) or 1 (cuda), got " + std::to_string(device));
+#ifndef GRPO_WITH_CUDA
+  if (device == kCUDA) throw std::runtime_error("grpo._C was built without CUDA kernels (nvcc not found at build time)");
+#endif
+}
+
+// Runs the CPU kernel or the CUDA launcher for the same params, with the GIL released.
+template <typename P, typename CpuFn, typename CudaFn>
+void dispatch(int device, uintptr_t stream, int num_threads, const P& params, CpuFn cpu_fn, CudaFn cuda_fn) {
+  require_device(device);
+  std::string err;
+  {
+    py::gil_scoped_release release;
+    if (device == kCPU) {
+      cpu_fn(params, num_threads < 1 ? 1 : num_threads);
+    } else {
+      err = cuda_fn(params, reinterpret_cast<void*>(stream));
+    }
+  }
+  if (!err.empty()) throw std::runtime_error("grpo._C CUDA launch failed: " + err);
+  (void)cuda_fn;
+}
+
+#ifdef GRPO_WITH_CUDA
+#define CUDA_FN(name) [](const auto& p, void* s) { return cuda::name(p, s); }
+#else
+#define CUDA_FN(name) [](const auto&, void*) { return std::string("built without CUDA"); }
+#endif
+
+void check_dtype(int dtype) {
+  require(dtype == kFloat32 || dtype == kBFloat16 || dtype == kFloat16,
+          "dtype code must be 0 (float32), 1 (bfloat16) or 2 (float16), got " + std::to_string(dtype));
+}
+
+void check_rows(int64_t N, int64_t V, int64_t row_stride, uintptr_t logits, uintptr_t targets) {
+  require(N >= 0, "N must be >= 0");
+  require(V >= 1, "V must be >= 1, got " + std::to_string(V));
+  require(row_stride >= V, "row_stride must be >= V");
+  require(N == 0 || (logits && targets), "logits and targets pointers must be non-null");
+}
+
+void advantages(int device, uintptr_t stream, int num_threads, uintptr_t rewards, uintptr_t out,
+                uintptr_t zero_std, int64_t B, int64_t G, int scale, int estimator, float eps) {
+  require(G >= 1 && B >= 0 && B % G == 0, "B must be a multiple of G >= 1");
+  require(scale >= kScaleGroup && scale <= kScaleNone, "unknown scale code " + std::to_string(scale));
+  require(estimator == kEstGRPO || estimator == kEstRLOO, "unknown estimator code " + std::to_string(estimator));
+  require(eps >= 0.0f, "eps must be >= 0");
+  if (B == 0) return;
+  require(rewards && out && zero_std, "rewards/advantages/zero_std pointers must be non-null");
+  AdvantageParams p{as_ptr<const float>(rewards), as_ptr<float>(out), as_ptr<uint8_t>(zero_std), B, G, scale, estimator, eps};
+  dispatch(device, stream, num_threads, p, cpu::advantages, CUDA_FN(advantages));
+}
+
+void logprobs(int device, uintptr_t stream, int num_threads, uintptr_t logits, uintptr_t targets, uintptr_t logp,
+              uintptr_t lse, uintptr_t entropy, int64_t N, int64_t V, int64_t row_stride, float inv_temp, int dtype) {
+  check_dtype(dtype);
+  check_rows(N, V, row_stride, logits, targets);
+  require(inv_temp > 0.0f, "inv_temp must be > 0");
+  if (N == 0) return;
+  require(logp, "logp pointer must be non-null");
+  LogprobParams p{as_ptr<const void>(logits), as_ptr<const int64_t>(targets), as_ptr<float>(logp), as_ptr<float>(lse),
+                  as_ptr<float>(entropy), N, V, row_stride, inv_temp, dtype};
+  dispatch(device, stream, num_threads, p, cpu::logprobs, CUDA_FN(logprobs));
+}
+
+void softmax_grad(int device, uintptr_t stream, int num_threads, uintptr_t logits, uintptr_t targets, uintptr_t lse,
+                  uintptr_t entropy, uintptr_t g_logp, uintptr_t g_ent, uintptr_t dlogits, int64_t N, int64_t V,
+                  int64_t row_stride, int64_t grad_row_stride, float inv_temp, int dtype) {
+  check_dtype(dtype);
+  check_rows(N, V, row_stride, logits, targets);
+  require(grad_row_stride >= V, "grad_row_stride must be >= V");
+  if (N == 0) return;
+  require(lse && g_logp && dlogits, "lse, g_logp and dlogits pointers must be non-null");
+  require(!g_ent || entropy, "g_ent needs the entropy pointer");
+  SoftmaxGradParams p{as_ptr<const void>(logits), as_ptr<const int64_t>(targets), as_ptr<const float>(lse),
+                      as_ptr<const float>(entropy), as_ptr<const float>(g_logp), as_ptr<const float>(g_ent),
+                      as_ptr<void>(dlogits), N, V, row_stride, grad_row_stride, inv_temp, dtype};
+  dispatch(device, stream, num_threads, p, cpu::softmax_grad, CUDA_FN(softmax_grad));
+}
+
+LossHeadParams make_head(uintptr_t logp, uintptr_t old_logp, uintptr_t ref_logp, uintptr_t sampling_logp,
+                         uintptr_t mask, uintptr_t coef, uintptr_t advantages, uintptr_t tok_loss, uintptr_t g_logp,
+                         int64_t B, int64_t T, float eps_low, float eps_high, float dual_clip, float beta,
+                         float is_cap, int kl, int ratio_level, int is_mode) {
+  require(B >= 0 && T >= 1, "need B >= 0 and T >= 1");
+  require(eps_low >= 0.0f && eps_high >= 0.0f, "eps_low/eps_high must be >= 0");
+  require(kl >= kKL3 && kl <= kKL1, "unknown kl code " + std::to_string(kl));
+  require(ratio_level == kRatioToken || ratio_level == kRatioSequence, "unknown ratio_level code");
+  require(is_mode >= kISNone && is_mode <= kISSeqMask, "unknown is_mode code");
+  require(beta == 0.0f || ref_logp, "beta != 0 needs ref_logp");
+  require(is_mode == kISNone || sampling_logp, "is_mode needs sampling_logp");
+  require(B == 0 || (logp && mask && coef && advantages && tok_loss), "logp/mask/coef/advantages/tok_loss must be non-null");
+  return LossHeadParams{as_ptr<const float>(logp), as_ptr<const float>(old_logp), as_ptr<const float>(ref_logp),
+                        as_ptr<const float>(sampling_logp), as_ptr<const float>(mask), as_ptr<const float>(coef),
+                        as_ptr<const float>(advantages), as_ptr<float>(tok_loss), as_ptr<float>(g_logp), B, T,
+                        eps_low, eps_high, dual_clip, beta, is_cap, kl, ratio_level, is_mode};
+}
+
+void loss_head(int device, uintptr_t stream, int num_threads, uintptr_t logp, uintptr_t old_logp, uintptr_t ref_logp,
+               uintptr_t sampling_logp, uintptr_t mask, uintptr_t coef, uintptr_t advantages, uintptr_t tok_loss,
+               uintptr_t g_logp, int64_t B, int64_t T, float eps_low, float eps_high, float dual_clip, float beta,
+               float is_cap, int kl, int ratio_level, int is_mode) {
+  LossHeadParams p = make_head(logp, old_logp, ref_logp, sampling_logp, mask, coef, advantages, tok_loss, g_logp, B, T,
+                               eps_low, eps_high, dual_clip, beta, is_cap, kl, ratio_level, is_mode);
+  require(B == 0 || g_logp, "g_logp must be non-null");
+  if (B == 0) return;
+  dispatch(device, stream, num_threads, p, cpu::loss_head, CUDA_FN(loss_head));
+}
+
+void fused_loss(int device, uintptr_t stream, int num_threads, uintptr_t logits, uintptr_t targets, uintptr_t logp,
+                uintptr_t lse, uintptr_t entropy, int64_t V, int64_t row_stride, float inv_temp, int dtype,
+                uintptr_t old_logp, uintptr_t ref_logp, uintptr_t sampling_logp, uintptr_t mask, uintptr_t coef,
+                uintptr_t advantages, uintptr_t tok_loss, uintptr_t g_logp, int64_t B, int64_t T, float eps_low,
+                float eps_high, float dual_clip, float beta, float is_cap, int kl, int ratio_level, int is_mode,
+                uintptr_t dlogits, int64_t grad_row_stride) {
+  check_dtype(dtype);
+  const int64_t N = B * T;
+  check_rows(N, V, row_stride, logits, targets);
+  require(inv_temp > 0.0f, "inv_temp must be > 0");
+  require(!dlogits || grad_row_stride >= V, "grad_row_stride must be >= V");
+  LossHeadParams h = make_head(logp, old_logp, ref_logp, sampling_logp, mask, coef, advantages, tok_loss, g_logp, B, T,
+                               eps_low, eps_high, dual_clip, beta, is_cap, kl, ratio_level, is_mode);
+  require(head_is_tokenwise(h), "fused_loss handles token-level ratios and token/no IS only; use logprobs + loss_head");
+  if (N == 0) return;
+  LogprobParams lp{as_ptr<const void>(logits), as_ptr<const int64_t>(targets), as_ptr<float>(logp), as_ptr<float>(lse),
+                   as_ptr<float>(entropy), N, V, row_stride, inv_temp, dtype};
+  FusedLossParams p{lp, h, as_ptr<void>(dlogits), grad_row_stride};
+  dispatch(device, stream, num_threads, p, cpu::fused_loss, CUDA_FN(fused_loss));
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "grpo kernels: C++ (OpenMP) CPU kernels and, when built with nvcc, CUDA kernels";
+#ifdef GRPO_WITH_CUDA
+  m.attr("has_cuda") = true;
+#else
+  m.attr("has_cuda") = false;
+#endif
+#ifdef GRPO_CUDA_ARCHS
+  m.attr("cuda_archs") = GRPO_CUDA_ARCHS;
+#else
+  m.attr("cuda_archs") = "";
+#endif
+  using py::arg;
+  m.def("advantages", &advantages, arg("device"), arg("stream"), arg("num_threads"), arg("rewards"), arg("advantages"),
+        arg("zero_std"), arg("B"), arg("G"), arg("scale"), arg("estimator"), arg("eps"));
+  m.def("logprobs", &logprobs, arg("device"), arg("stream"), arg("num_threads"), arg("logits"), arg("targets"),
+        arg("logp"), arg("lse"), arg("entropy"), arg("N"), arg("V"), arg("row_stride"), arg("inv_temp"), arg("dtype"));
+  m.def("softmax_grad", &softmax_grad, arg("device"), arg("stream"), arg("num_threads"), arg("logits"),
+        arg("targets"), arg("lse"), arg("entropy"), arg("g_logp"), arg("g_ent"), arg("dlogits"), arg("N"), arg("V"),
+        arg("row_stride"), arg("grad_row_stride"), arg("inv_temp"), arg("dtype"));
+  m.def("loss_head", &loss_head, arg("device"), arg("stream"), arg("num_threads"), arg("logp"), arg("old_logp"),
+        arg("ref_logp"), arg("sampling_logp"), arg("mask"), arg("coef"), arg("advantages"), arg("tok_loss"),
+        arg("g_logp"), arg("B"), arg("T"), arg("eps_low"), arg("eps_high"), arg("dual_clip"), arg("beta"),
+        arg("is_cap"), arg("kl"), arg("ratio_level"), arg("is_mode"));
+  m.def("fused_loss", &fused_loss, arg("device"), arg("stream"), arg("num_threads"), arg("logits"), arg("targets"),
+        arg("logp"), arg("lse"), arg("entropy"), arg("V"), arg("row_stride"), arg("inv_temp"), arg("dtype"),
+        arg("old_logp"), arg("ref_logp"), arg("sampling_logp"), arg("mask"), arg("coef"), arg("advantages"),
+        arg("tok_loss"), arg("g_logp"), arg("B"), arg("T"), arg("eps_low"), arg("eps_high"), arg("dual_clip"),
+        arg("beta"), arg("is_cap"), arg("kl"), arg("ratio_level"), arg("is_mode"), arg("dlogits"),
+        arg("grad_row_stride"));
+}

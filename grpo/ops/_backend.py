@@ -1,0 +1,65 @@
+"""Backend resolution and the bridge to grpo._C (the only module that touches it)."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+BACKENDS = ("auto", "triton", "cuda", "cpu", "torch")
+_C = None
+
+
+def native():
+    """grpo._C, imported on first use with a build hint when it is missing."""
+    global _C
+    if _C is None:
+        try:
+            from grpo import _C as mod
+        except ImportError as e:
+            raise ImportError(f"grpo._C is not built ({e}); run `make build` or `pip install -e .`") from e
+        _C = mod
+    return _C
+
+
+def resolve(backend: str, t: torch.Tensor, arg: str = "logits") -> str:
+    """Maps `backend` to a concrete one for tensor `t` and checks that they are compatible."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {list(BACKENDS)}, got {backend!r}")
+    if backend == "auto":
+        if t.is_cuda:
+            backend = "cuda" if os.environ.get("GRPO_BACKEND") == "cuda" or not triton_available() else "triton"
+        elif t.device.type == "cpu":
+            backend = "cpu"
+        else:
+            backend = "torch"
+    if backend == "triton":
+        if not triton_available():
+            raise ValueError("backend='triton': the Triton kernels are not available in this build")
+        if not t.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+            raise ValueError(f"backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1); {arg} is on {t.device}")
+    if backend == "cpu" and t.device.type != "cpu":
+        raise ValueError(f"backend='cpu' needs CPU tensors; {arg} is on {t.device}")
+    if backend == "cuda" and not t.is_cuda:
+        raise ValueError(f"backend='cuda' needs CUDA tensors; {arg} is on {t.device}")
+    return backend
+
+
+def triton_available() -> bool:
+    """The Triton backend lands with grpo.kernels' ops; until then auto never picks it."""
+    try:
+        from grpo import kernels
+    except ImportError:
+        return False
+    return bool(getattr(kernels, "AVAILABLE", False))
+
+
+def launch_args(t: torch.Tensor) -> dict:
+    """device code, stream handle and thread count for a grpo._C host function."""
+    if t.is_cuda:
+        return {"device": 1, "stream": torch.cuda.current_stream(t.device).cuda_stream, "num_threads": 1}
+    return {"device": 0, "stream": 0, "num_threads": torch.get_num_threads()}
+
+
+def ptr(t):
+    """data_ptr of an optional tensor (0 for None)."""
+    return 0 if t is None else t.data_ptr()

@@ -1,0 +1,222 @@
+"""grpo_loss: the clipped GRPO policy loss (+ KL, importance-sampling correction) from logits, forward
+and backward fused: one read pass and one read+write pass over [N, V]; the backward only scales the
+saved dlogits by the upstream gradient.
+
+Order: reference -> metrics -> launchers -> custom op + autograd -> functional API.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import _backend, _checks
+from .config import LossConfig, LossOutput
+from .logprobs import check_logits_targets, launch_logprobs, launch_softmax_grad, logprobs_at_dtype
+from .variants import AGGREGATIONS, IS_MODES, IS_NONE_CODE, KL_ESTIMATORS, RATIO_LEVELS
+
+
+# --- reference (the spec) -----------------------------------------------------------------------------
+def per_token_loss_ref(logp, mask, advantages, old_logp, ref_logp, sampling_logp, config):
+    """TRL GRPOTrainer._compute_loss, per token. logp (B, T) with grad; returns (B, T)."""
+    old = logp.detach() if old_logp is None else old_logp.to(logp.dtype)
+    log_w = RATIO_LEVELS.get(config.ratio_level).fn(logp, old, mask)  # (B, T) or (B, 1)
+    coef_1 = torch.exp(log_w)
+    coef_2 = torch.clamp(coef_1, 1 - config.eps_low, 1 + config.eps_high)
+    A = advantages.to(logp.dtype).unsqueeze(1)
+    per_token_loss = -torch.min(coef_1 * A, coef_2 * A)
+    if config.dual_clip is not None:  # verl compute_policy_loss clip_ratio_c
+        per_token_loss = torch.where(A < 0, torch.min(per_token_loss, -config.dual_clip * A), per_token_loss)
+    if config.is_mode is not None:  # TRL vllm_importance_sampling_correction
+        samp = sampling_logp.to(logp.dtype)
+        per_token_loss = per_token_loss * IS_MODES.get(config.is_mode).fn(old.detach(), samp, mask, config.is_cap)
+    if config.beta != 0.0:
+        per_token_loss = per_token_loss + config.beta * KL_ESTIMATORS.get(config.kl).fn(logp, ref_logp.to(logp.dtype))
+    return per_token_loss
+
+
+def grpo_loss_ref(logits, targets, mask, advantages, *, old_logp=None, ref_logp=None, sampling_logp=None,
+                  config=LossConfig(), num_tokens=None, num_sequences=None):
+    """Reference GRPO loss, computed naively at the logits' dtype (log_softmax over [N, V]); the per-token
+    math runs in float32 (float64 for float64 logits). Returns LossOutput(loss () , metrics)."""
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    lp, ent = logprobs_at_dtype(logits, targets, config.temperature, config.entropy)
+    logp = lp.to(dtype)
+    m = mask.to(dtype)
+    ptl = per_token_loss_ref(logp, m, advantages, old_logp, ref_logp, sampling_logp, config)
+    loss = AGGREGATIONS.get(config.loss_agg).fn(ptl, m, num_tokens, num_sequences, config.max_completion_length)
+    metrics = loss_metrics(logp.detach(), m, advantages, old_logp, ref_logp, sampling_logp, config,
+                           None if ent is None else ent.detach().to(dtype))
+    return LossOutput(loss, metrics)
+
+
+# --- metrics (detached, shared by every backend) ------------------------------------------------------
+def loss_metrics(logp, mask, advantages, old_logp, ref_logp, sampling_logp, config, entropy=None):
+    """Masked means over tokens: KL, clip fractions (TRL's low/high region), ratio mean/min/max, IS weight
+    mean and fraction truncated or masked, entropy. All () float32 tensors, no host sync."""
+    with torch.no_grad():
+        m = mask.to(logp.dtype)
+        n = m.sum().clamp(min=1.0)
+        has = m > 0
+        mean = lambda x: (x * m).sum() / n  # noqa: E731
+        old = logp if old_logp is None else old_logp.to(logp.dtype)
+        ratio = torch.exp(RATIO_LEVELS.get(config.ratio_level).fn(logp, old, m)).expand_as(logp)
+        A = advantages.to(logp.dtype).unsqueeze(1)
+        out = {
+            "clip_frac_low": mean(((ratio < 1 - config.eps_low) & (A < 0)).to(logp.dtype)),
+            "clip_frac_high": mean(((ratio > 1 + config.eps_high) & (A > 0)).to(logp.dtype)),
+            "ratio_mean": mean(ratio),
+            "ratio_min": torch.where(has, ratio, torch.full_like(ratio, float("inf"))).amin().clamp(max=1e30),
+            "ratio_max": torch.where(has, ratio, torch.full_like(ratio, float("-inf"))).amax().clamp(min=-1e30),
+            "num_tokens": m.sum(),
+        }
+        if ref_logp is not None:
+            out["kl"] = mean(KL_ESTIMATORS.get(config.kl).fn(logp, ref_logp.to(logp.dtype)))
+        if config.is_mode is not None:
+            w = IS_MODES.get(config.is_mode).fn(old, sampling_logp.to(logp.dtype), m, config.is_cap).expand_as(logp)
+            raw = torch.exp(((old - sampling_logp) * m).sum(-1, keepdim=True)) if config.is_mode.startswith(
+                "sequence") else torch.exp(old - sampling_logp)
+            out["is_weight_mean"] = mean(w)
+            out["is_frac_truncated"] = mean((raw.expand_as(logp) > config.is_cap).to(logp.dtype))
+        if entropy is not None:
+            out["entropy"] = mean(entropy.to(logp.dtype))
+        return {k: v.to(torch.float32) for k, v in out.items()}
+
+
+# --- launchers ----------------------------------------------------------------------------------------
+def launch_loss(logits2d, targets1d, mask, coef, adv, old, ref, samp, config: LossConfig, need_grad, out=None):
+    """Kernel path. logits2d (N, V); mask/coef/old/ref/samp (B, T) float32; adv (B,) float32.
+    Returns (tok_loss, logp, entropy or None, dlogits or None); dlogits may be written into `out`
+    (which may be logits2d itself)."""
+    B, T = mask.shape
+    N, V = logits2d.shape
+    f32 = dict(dtype=torch.float32, device=logits2d.device)
+    tok_loss, g = torch.empty(N, **f32), torch.empty(N, **f32)
+    dlogits = None
+    if need_grad:
+        dlogits = torch.empty((N, V), dtype=logits2d.dtype, device=logits2d.device) if out is None else out
+    head = dict(old_logp=_backend.ptr(old), ref_logp=_backend.ptr(ref), sampling_logp=_backend.ptr(samp),
+                mask=mask.data_ptr(), coef=coef.data_ptr(), advantages=adv.data_ptr(), tok_loss=tok_loss.data_ptr(),
+                g_logp=g.data_ptr(), B=B, T=T, eps_low=config.eps_low, eps_high=config.eps_high,
+                dual_clip=config.dual_clip or 0.0, beta=config.beta, is_cap=config.is_cap,
+                kl=KL_ESTIMATORS.get(config.kl).code, ratio_level=RATIO_LEVELS.get(config.ratio_level).code,
+                is_mode=IS_NONE_CODE if config.is_mode is None else IS_MODES.get(config.is_mode).code)
+    C = _backend.native()
+    if config.tokenwise:  # one launch: row stats -> head -> dlogits while the row is hot
+        logp = torch.empty(N, **f32)
+        ent = torch.empty(N, **f32) if config.entropy else None
+        C.fused_loss(**_backend.launch_args(logits2d), logits=logits2d.data_ptr(), targets=targets1d.data_ptr(),
+                     logp=logp.data_ptr(), lse=0, entropy=_backend.ptr(ent), V=V,
+                     row_stride=_checks.row_stride(logits2d), inv_temp=1.0 / config.temperature,
+                     dtype=_checks.KERNEL_DTYPE_CODES[logits2d.dtype], dlogits=_backend.ptr(dlogits),
+                     grad_row_stride=_checks.row_stride(dlogits) if dlogits is not None else V, **head)
+        return tok_loss, logp, ent, dlogits
+    # Sequence-level ratio or IS weight: a token's gradient needs its whole sequence first.
+    logp, lse, ent = launch_logprobs(logits2d, targets1d, config.temperature, config.entropy)
+    C.loss_head(**_backend.launch_args(logits2d), logp=logp.data_ptr(), **head)
+    if need_grad:
+        launch_softmax_grad(logits2d, targets1d, lse, None, g, None, config.temperature, out=dlogits)
+    return tok_loss, logp, ent, dlogits
+
+
+def _f32(t):
+    return None if t is None else t.to(torch.float32).contiguous()
+
+
+# --- custom op + autograd -----------------------------------------------------------------------------
+@torch.library.custom_op("grpo::grpo_loss", mutates_args=())
+def _loss_op(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, coef: torch.Tensor,
+             advantages: torch.Tensor, old_logp: torch.Tensor | None, ref_logp: torch.Tensor | None,
+             sampling_logp: torch.Tensor | None, eps_low: float, eps_high: float, dual_clip: float, beta: float,
+             kl: str, ratio_level: str, is_mode: str, is_cap: float, temperature: float, entropy: bool,
+             need_grad: bool, backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    V = logits.shape[-1]
+    _checks.check_targets_range("targets", targets, V)
+    config = LossConfig(eps_low=eps_low, eps_high=eps_high, dual_clip=dual_clip or None, beta=beta, kl=kl,
+                        ratio_level=ratio_level, is_mode=is_mode or None, is_cap=is_cap, temperature=temperature,
+                        entropy=entropy)
+    tok_loss, logp, ent, dlogits = launch_loss(logits.view(-1, V), targets.reshape(-1), mask, coef, advantages,
+                                               old_logp, ref_logp, sampling_logp, config, need_grad)
+    loss = (tok_loss.view(mask.shape).double() * coef).sum().to(torch.float32)
+    ent = ent.view(mask.shape) if ent is not None else logp.new_empty(0)
+    dlogits = dlogits.view(logits.shape) if dlogits is not None else logits.new_empty(0)
+    return loss, logp.view(mask.shape), ent, dlogits
+
+
+@_loss_op.register_fake
+def _(logits, targets, mask, coef, advantages, old_logp, ref_logp, sampling_logp, eps_low, eps_high, dual_clip,
+      beta, kl, ratio_level, is_mode, is_cap, temperature, entropy, need_grad, backend):
+    f = dict(dtype=torch.float32)
+    ent = mask.new_empty(mask.shape, **f) if entropy else mask.new_empty(0, **f)
+    dl = torch.empty_like(logits, memory_format=torch.contiguous_format) if need_grad else logits.new_empty(0)
+    return mask.new_empty((), **f), mask.new_empty(mask.shape, **f), ent, dl
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(output[3])
+
+
+def _backward(ctx, g_loss, g_logp, g_ent, g_dlogits):
+    (dlogits,) = ctx.saved_tensors
+    if dlogits.numel() == 0 and g_loss is not None:
+        raise RuntimeError("grpo_loss: backward called but the forward ran without need_grad")
+    return (dlogits * g_loss.to(dlogits.dtype),) + (None,) * 19
+
+
+_loss_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# --- functional API -----------------------------------------------------------------------------------
+def _check_loss_inputs(logits, targets, mask, advantages, old_logp, ref_logp, sampling_logp, config, dtypes):
+    if not isinstance(config, LossConfig):
+        raise TypeError(f"config: expected a grpo.ops.LossConfig, got {type(config).__name__}")
+    check_logits_targets(logits, targets, dtypes)
+    if logits.dim() != 3:
+        raise ValueError(f"logits: expected (B, T, V), got {_checks.describe(logits)}")
+    B, T, _ = logits.shape
+    _checks.check_tensor("mask", mask, shape=(B, T))
+    _checks.check_tensor("advantages", advantages, shape=(B,), floating=True)
+    for name, t in (("old_logp", old_logp), ("ref_logp", ref_logp), ("sampling_logp", sampling_logp)):
+        if t is not None:
+            _checks.check_tensor(name, t, shape=(B, T), floating=True)
+    _checks.check_same_device("logits", logits, mask=mask, advantages=advantages, old_logp=old_logp,
+                              ref_logp=ref_logp, sampling_logp=sampling_logp)
+    if config.beta != 0.0 and ref_logp is None:
+        raise ValueError(f"ref_logp: required when config.beta = {config.beta} != 0")
+    if config.is_mode is not None and sampling_logp is None:
+        raise ValueError(f"sampling_logp: required when config.is_mode = {config.is_mode!r}")
+
+
+def grpo_loss(logits, targets, mask, advantages, *, old_logp=None, ref_logp=None, sampling_logp=None,
+              config=LossConfig(), num_tokens=None, num_sequences=None, backend="auto"):
+    """GRPO loss from logits.
+
+    logits (B, T, V) fp32/bf16/fp16, targets (B, T) int, mask (B, T) bool/int/float, advantages (B,),
+    old_logp / ref_logp / sampling_logp (B, T) float or None. old_logp=None is on-policy (old = logp,
+    detached). num_tokens / num_sequences: global counts for gradient accumulation. Returns
+    LossOutput(loss () float32 differentiable in logits, metrics dict of detached () tensors).
+    """
+    dtypes = _checks.FLOAT_DTYPES + ((torch.float64,) if backend == "torch" else ())
+    _check_loss_inputs(logits, targets, mask, advantages, old_logp, ref_logp, sampling_logp, config, dtypes)
+    _checks.check_scalar("num_tokens", num_tokens, positive=True)
+    _checks.check_scalar("num_sequences", num_sequences, positive=True)
+    backend = _backend.resolve(backend, logits)
+    if backend == "torch":
+        if _checks.data_checks_enabled():
+            _checks.check_targets_range("targets", targets, logits.shape[-1])
+        return grpo_loss_ref(logits, targets, mask, advantages, old_logp=old_logp, ref_logp=ref_logp,
+                             sampling_logp=sampling_logp, config=config, num_tokens=num_tokens,
+                             num_sequences=num_sequences)
+    _checks.check_rows_viewable("logits", logits)
+    m = mask.to(torch.float32).contiguous()
+    coef = AGGREGATIONS.get(config.loss_agg).extra(m, num_tokens, num_sequences, config.max_completion_length)
+    coef = coef.to(torch.float32).contiguous()
+    adv, old, ref, samp = _f32(advantages), _f32(old_logp), _f32(ref_logp), _f32(sampling_logp)
+    ref = ref if config.beta != 0.0 else None
+    samp = samp if config.is_mode is not None else None
+    need_grad = logits.requires_grad and torch.is_grad_enabled()
+    loss, logp, ent, _ = _loss_op(logits, targets.to(torch.int64).contiguous(), m, coef, adv, old, ref, samp,
+                                  float(config.eps_low), float(config.eps_high), float(config.dual_clip or 0.0),
+                                  float(config.beta), config.kl, config.ratio_level, config.is_mode or "",
+                                  float(config.is_cap), float(config.temperature), bool(config.entropy),
+                                  need_grad, backend)
+    metrics = loss_metrics(logp.detach(), m, adv, old, ref_logp, samp, config, ent if config.entropy else None)
+    return LossOutput(loss, metrics)
