@@ -108,17 +108,19 @@ GRPO_HD RowStats row_stats_merge(RowStats a, RowStats b) {
   return o;
 }
 
-GRPO_HD float row_lse(RowStats st) { return st.m + logf(st.s); }
+GRPO_HD float row_logs(RowStats st) { return logf(st.s); }
 
 // H = log s - t / s (entropy of softmax(z), z already divided by the temperature).
 GRPO_HD float row_entropy(RowStats st) { return logf(st.s) - st.t / st.s; }
 
-// d/dz_j of (g_logp * logp_target + g_ent * H), times inv_temp. zj is the scaled logit z_j / T.
-GRPO_HD float softmax_grad_elem(float zj, float lse, bool is_target, float g_logp, float g_ent,
+// d/dz_j of (g_logp * logp_target + g_ent * H), times inv_temp. dj = z_j - m (z = logits / T), logs = log s.
+// log p_j = dj - logs: subtracting the max first keeps p's precision when one token dominates the row.
+GRPO_HD float softmax_grad_elem(float dj, float logs, bool is_target, float g_logp, float g_ent,
                                 float H, float inv_temp) {
-  float p = fexp(zj - lse);
+  float lp = dj - logs;
+  float p = fexp(lp);
   float d = g_logp * ((is_target ? 1.0f : 0.0f) - p);
-  float ent = p > 0.0f ? p * (zj - lse + H) : 0.0f;
+  float ent = p > 0.0f ? p * (lp + H) : 0.0f;
   d -= g_ent * ent;
   return d * inv_temp;
 }

@@ -29,7 +29,8 @@ struct LogprobParams {
   const void* logits;     // (N, V) rows of `row_stride` elements, dtype `dtype`
   const int64_t* targets; // (N,)
   float* logp;            // (N,) out
-  float* lse;             // (N,) out, may be null
+  float* stats;           // (N, 2) out, may be null: row max m and log s (lse = m + log s), kept apart
+                          // so p = exp((z - m) - log s) keeps precision when one token dominates
   float* entropy;         // (N,) out, null when not wanted
   int64_t N;
   int64_t V;
@@ -42,7 +43,7 @@ struct LogprobParams {
 struct SoftmaxGradParams {
   const void* logits;     // (N, V)
   const int64_t* targets; // (N,)
-  const float* lse;       // (N,)
+  const float* stats;     // (N, 2): m and log s from LogprobParams.stats
   const float* entropy;   // (N,) needed only when g_ent != null
   const float* g_logp;    // (N,)
   const float* g_ent;     // (N,) may be null
@@ -81,7 +82,7 @@ struct LossHeadParams {
 
 // Fused token-level loss: per row, pass 1 (row stats) -> head -> pass 2 (dlogits), one launch.
 struct FusedLossParams {
-  LogprobParams lp;           // logits, targets, logp/lse/entropy outputs
+  LogprobParams lp;           // logits, targets, logp/stats/entropy outputs
   LossHeadParams head;        // head.logp must equal lp.logp
   void* dlogits;              // (N, V) or null (no gradient wanted); may alias logits
   int64_t grad_row_stride;

@@ -13,9 +13,12 @@ static void logprobs_impl(const LogprobParams& p, int num_threads) {
   for (int64_t n = 0; n < p.N; ++n) {
     const T* row = logits + n * p.row_stride;
     const RowStats st = row_stats(row, p.V, p.inv_temp);
-    const float lse = row_lse(st);
-    p.logp[n] = load(row, p.targets[n]) * p.inv_temp - lse;
-    if (p.lse) p.lse[n] = lse;
+    const float logs = row_logs(st);
+    p.logp[n] = (load(row, p.targets[n]) * p.inv_temp - st.m) - logs;
+    if (p.stats) {
+      p.stats[2 * n] = st.m;
+      p.stats[2 * n + 1] = logs;
+    }
     if (p.entropy) p.entropy[n] = row_entropy(st);
   }
 }
@@ -34,7 +37,8 @@ static void softmax_grad_impl(const SoftmaxGradParams& p, int num_threads) {
   for (int64_t n = 0; n < p.N; ++n) {
     const float g_ent = p.g_ent ? p.g_ent[n] : 0.0f;
     const float H = p.g_ent ? p.entropy[n] : 0.0f;
-    row_grad(logits + n * p.row_stride, out + n * p.grad_row_stride, p.V, p.targets[n], p.lse[n], H,
+    row_grad(logits + n * p.row_stride, out + n * p.grad_row_stride, p.V, p.targets[n], p.stats[2 * n],
+             p.stats[2 * n + 1], H,
              p.g_logp[n], g_ent, p.inv_temp);
   }
 }

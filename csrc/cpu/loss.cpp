@@ -21,10 +21,13 @@ static void fused_loss_impl(const FusedLossParams& fp, int num_threads) {
   for (int64_t n = 0; n < lp.N; ++n) {
     const T* row = logits + n * lp.row_stride;
     const RowStats st = row_stats(row, lp.V, lp.inv_temp);
-    const float lse = row_lse(st);
-    const float logp = load(row, lp.targets[n]) * lp.inv_temp - lse;
+    const float logs = row_logs(st);
+    const float logp = (load(row, lp.targets[n]) * lp.inv_temp - st.m) - logs;
     lp.logp[n] = logp;
-    if (lp.lse) lp.lse[n] = lse;
+    if (lp.stats) {
+      lp.stats[2 * n] = st.m;
+      lp.stats[2 * n + 1] = logs;
+    }
     if (lp.entropy) lp.entropy[n] = row_entropy(st);
     const float old = h.old_logp ? h.old_logp[n] : logp;
     const float ref = h.ref_logp ? h.ref_logp[n] : 0.0f;
@@ -33,7 +36,7 @@ static void fused_loss_impl(const FusedLossParams& fp, int num_threads) {
     h.tok_loss[n] = token_head(h, logp, old, ref, samp, h.advantages[n / h.T], h.coef[n], &g);
     if (h.g_logp) h.g_logp[n] = g;
     if (dlogits)
-      row_grad(row, dlogits + n * fp.grad_row_stride, lp.V, lp.targets[n], lse, 0.0f, g, 0.0f,
+      row_grad(row, dlogits + n * fp.grad_row_stride, lp.V, lp.targets[n], st.m, logs, 0.0f, g, 0.0f,
                lp.inv_temp);
   }
 }

@@ -79,7 +79,7 @@ RowStats row_stats(const T* row, int64_t V, float inv_temp) {
 
 // dlogits row: (g_logp * (onehot - p) - g_ent * p (log p + H)) * inv_temp. `out` may alias `row`.
 template <typename T>
-void row_grad(const T* row, T* out, int64_t V, int64_t target, float lse, float H, float g_logp,
+void row_grad(const T* row, T* out, int64_t V, int64_t target, float m, float logs, float H, float g_logp,
               float g_ent, float inv_temp) {
   if (g_logp == 0.0f && g_ent == 0.0f) {
     for (int64_t j = 0; j < V; ++j) store(out, j, 0.0f);
@@ -88,14 +88,15 @@ void row_grad(const T* row, T* out, int64_t V, int64_t target, float lse, float 
   const float a = -g_logp * inv_temp, b = -g_ent * inv_temp;
   const float z_t = load(row, target) * inv_temp;
   for (int64_t j = 0; j < V; ++j) {
-    float zl = load(row, j) * inv_temp - lse;  // log p_j
+    float zl = (load(row, j) * inv_temp - m) - logs;  // log p_j
     float p = fexp(zl);
     float ent = p > 0.0f ? p * (zl + H) : 0.0f;
     store(out, j, a * p + b * ent);
   }
   // The one-hot term, added once to the target column (re-derived from the saved logit: `out` may alias).
-  const float pt = fexp(z_t - lse);
-  const float ent_t = pt > 0.0f ? pt * (z_t - lse + H) : 0.0f;
+  const float lpt = (z_t - m) - logs;
+  const float pt = fexp(lpt);
+  const float ent_t = pt > 0.0f ? pt * (lpt + H) : 0.0f;
   store(out, target, g_logp * inv_temp * (1.0f - pt) + b * ent_t);
 }
 

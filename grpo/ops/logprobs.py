@@ -34,29 +34,30 @@ def token_logprobs_ref(logits, targets, *, temperature=1.0, with_entropy=False):
 
 
 # --- launchers ----------------------------------------------------------------------------------------
-def launch_logprobs(logits2d, targets1d, temperature, with_entropy, want_lse=True):
-    """(N, V) logits, (N,) int64 targets -> logp, lse, entropy (N,) float32 (lse/entropy may be None)."""
+def launch_logprobs(logits2d, targets1d, temperature, with_entropy, want_stats=True):
+    """(N, V) logits, (N,) int64 targets -> logp (N,), stats (N, 2) [row max, log sum exp(z - max)],
+    entropy (N,), all float32 (stats/entropy may be None)."""
     N, V = logits2d.shape
     f32 = dict(dtype=torch.float32, device=logits2d.device)
     logp = torch.empty(N, **f32)
-    lse = torch.empty(N, **f32) if want_lse else None
+    stats = torch.empty(N, 2, **f32) if want_stats else None
     ent = torch.empty(N, **f32) if with_entropy else None
     _backend.native().logprobs(
         **_backend.launch_args(logits2d), logits=logits2d.data_ptr(), targets=targets1d.data_ptr(),
-        logp=logp.data_ptr(), lse=_backend.ptr(lse), entropy=_backend.ptr(ent), N=N, V=V,
+        logp=logp.data_ptr(), stats=_backend.ptr(stats), entropy=_backend.ptr(ent), N=N, V=V,
         row_stride=_checks.row_stride(logits2d), inv_temp=1.0 / temperature,
         dtype=_checks.KERNEL_DTYPE_CODES[logits2d.dtype])
-    return logp, lse, ent
+    return logp, stats, ent
 
 
-def launch_softmax_grad(logits2d, targets1d, lse, entropy, g_logp, g_ent, temperature, out=None):
+def launch_softmax_grad(logits2d, targets1d, stats, entropy, g_logp, g_ent, temperature, out=None):
     """dlogits (N, V) in the logits' dtype: d/dz of sum(g_logp * logp + g_ent * entropy). `out` may be
     logits2d itself (in place)."""
     N, V = logits2d.shape
     out = torch.empty((N, V), dtype=logits2d.dtype, device=logits2d.device) if out is None else out
     _backend.native().softmax_grad(
         **_backend.launch_args(logits2d), logits=logits2d.data_ptr(), targets=targets1d.data_ptr(),
-        lse=lse.data_ptr(), entropy=_backend.ptr(entropy), g_logp=g_logp.data_ptr(), g_ent=_backend.ptr(g_ent),
+        stats=stats.data_ptr(), entropy=_backend.ptr(entropy), g_logp=g_logp.data_ptr(), g_ent=_backend.ptr(g_ent),
         dlogits=out.data_ptr(), N=N, V=V, row_stride=_checks.row_stride(logits2d),
         grad_row_stride=_checks.row_stride(out), inv_temp=1.0 / temperature,
         dtype=_checks.KERNEL_DTYPE_CODES[logits2d.dtype])
@@ -69,24 +70,24 @@ def _logprobs_op(logits: torch.Tensor, targets: torch.Tensor, temperature: float
                  backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     V = logits.shape[-1]
     _checks.check_targets_range("targets", targets, V)
-    logp, lse, ent = launch_logprobs(logits.view(-1, V), targets.reshape(-1), temperature, with_entropy)
+    logp, stats, ent = launch_logprobs(logits.view(-1, V), targets.reshape(-1), temperature, with_entropy)
     ent = ent if ent is not None else logp.new_empty(0)
-    return logp.view(targets.shape), lse, ent.view(targets.shape) if with_entropy else ent
+    return logp.view(targets.shape), stats, ent.view(targets.shape) if with_entropy else ent
 
 
 @_logprobs_op.register_fake
 def _(logits, targets, temperature, with_entropy, backend):
     N = targets.numel()
     ent = logits.new_empty(targets.shape, dtype=torch.float32) if with_entropy else logits.new_empty(0, dtype=torch.float32)
-    return (logits.new_empty(targets.shape, dtype=torch.float32), logits.new_empty(N, dtype=torch.float32), ent)
+    return (logits.new_empty(targets.shape, dtype=torch.float32), logits.new_empty((N, 2), dtype=torch.float32), ent)
 
 
 @torch.library.custom_op("grpo::softmax_grad", mutates_args=())
-def _softmax_grad_op(logits: torch.Tensor, targets: torch.Tensor, lse: torch.Tensor, entropy: torch.Tensor,
+def _softmax_grad_op(logits: torch.Tensor, targets: torch.Tensor, stats: torch.Tensor, entropy: torch.Tensor,
                      g_logp: torch.Tensor, g_ent: torch.Tensor, temperature: float, backend: str) -> torch.Tensor:
     V = logits.shape[-1]
     has_ent = g_ent.numel() > 0
-    out = launch_softmax_grad(logits.view(-1, V), targets.reshape(-1), lse,
+    out = launch_softmax_grad(logits.view(-1, V), targets.reshape(-1), stats,
                               entropy.reshape(-1).contiguous() if has_ent else None,
                               g_logp.reshape(-1).to(torch.float32).contiguous(),
                               g_ent.reshape(-1).to(torch.float32).contiguous() if has_ent else None, temperature)
@@ -94,24 +95,24 @@ def _softmax_grad_op(logits: torch.Tensor, targets: torch.Tensor, lse: torch.Ten
 
 
 @_softmax_grad_op.register_fake
-def _(logits, targets, lse, entropy, g_logp, g_ent, temperature, backend):
+def _(logits, targets, stats, entropy, g_logp, g_ent, temperature, backend):
     return torch.empty_like(logits, memory_format=torch.contiguous_format)
 
 
 def _setup_context(ctx, inputs, output):
     logits, targets, temperature, with_entropy, backend = inputs
-    _, lse, ent = output
-    ctx.save_for_backward(logits, targets, lse, ent)
+    _, stats, ent = output
+    ctx.save_for_backward(logits, targets, stats, ent)
     ctx.temperature, ctx.with_entropy, ctx.backend = temperature, with_entropy, backend
 
 
-def _backward(ctx, g_logp, g_lse, g_ent):
-    logits, targets, lse, ent = ctx.saved_tensors
+def _backward(ctx, g_logp, g_stats, g_ent):
+    logits, targets, stats, ent = ctx.saved_tensors
     if g_ent is None or not ctx.with_entropy:
         g_ent = ent.new_empty(0)
     if g_logp is None:
         g_logp = torch.zeros(targets.shape, dtype=torch.float32, device=logits.device)
-    dlogits = _softmax_grad_op(logits, targets, lse, ent, g_logp, g_ent, ctx.temperature, ctx.backend)
+    dlogits = _softmax_grad_op(logits, targets, stats, ent, g_logp, g_ent, ctx.temperature, ctx.backend)
     return dlogits, None, None, None, None
 
 

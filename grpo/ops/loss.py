@@ -10,7 +10,7 @@ import torch
 
 from . import _backend, _checks
 from .config import LossConfig, LossOutput
-from .logprobs import check_logits_targets, launch_logprobs, launch_softmax_grad, logprobs_at_dtype
+from .logprobs import _softmax_grad_op, check_logits_targets, launch_softmax_grad, logprobs_at_dtype
 from .variants import AGGREGATIONS, IS_MODES, IS_NONE_CODE, KL_ESTIMATORS, RATIO_LEVELS
 
 
@@ -82,17 +82,18 @@ def loss_metrics(logp, mask, advantages, old_logp, ref_logp, sampling_logp, conf
 
 
 # --- launchers ----------------------------------------------------------------------------------------
-def launch_loss(logits2d, targets1d, mask, coef, adv, old, ref, samp, config: LossConfig, need_grad, out=None):
+def launch_loss(logits2d, targets1d, mask, coef, adv, old, ref, samp, config: LossConfig, dlogits=None):
     """Kernel path. logits2d (N, V); mask/coef/old/ref/samp (B, T) float32; adv (B,) float32.
-    Returns (tok_loss, logp, entropy or None, dlogits or None); dlogits may be written into `out`
-    (which may be logits2d itself)."""
+
+    Returns (tok_loss (N,), logp (N,), entropy (N,) or None, stats (N, 2), g (N,) = dLoss/dlogp), all float32.
+    With `dlogits` (N, V) given (it may be logits2d itself: in place), the same launch also writes the
+    unscaled gradient while each row is hot: the one-launch forward+backward the fused linear op uses."""
     B, T = mask.shape
     N, V = logits2d.shape
     f32 = dict(dtype=torch.float32, device=logits2d.device)
-    tok_loss, g = torch.empty(N, **f32), torch.empty(N, **f32)
-    dlogits = None
-    if need_grad:
-        dlogits = torch.empty((N, V), dtype=logits2d.dtype, device=logits2d.device) if out is None else out
+    tok_loss, g, logp = torch.empty(N, **f32), torch.empty(N, **f32), torch.empty(N, **f32)
+    stats = torch.empty(N, 2, **f32)
+    ent = torch.empty(N, **f32) if config.entropy else None
     head = dict(old_logp=_backend.ptr(old), ref_logp=_backend.ptr(ref), sampling_logp=_backend.ptr(samp),
                 mask=mask.data_ptr(), coef=coef.data_ptr(), advantages=adv.data_ptr(), tok_loss=tok_loss.data_ptr(),
                 g_logp=g.data_ptr(), B=B, T=T, eps_low=config.eps_low, eps_high=config.eps_high,
@@ -100,21 +101,19 @@ def launch_loss(logits2d, targets1d, mask, coef, adv, old, ref, samp, config: Lo
                 kl=KL_ESTIMATORS.get(config.kl).code, ratio_level=RATIO_LEVELS.get(config.ratio_level).code,
                 is_mode=IS_NONE_CODE if config.is_mode is None else IS_MODES.get(config.is_mode).code)
     C = _backend.native()
-    if config.tokenwise:  # one launch: row stats -> head -> dlogits while the row is hot
-        logp = torch.empty(N, **f32)
-        ent = torch.empty(N, **f32) if config.entropy else None
-        C.fused_loss(**_backend.launch_args(logits2d), logits=logits2d.data_ptr(), targets=targets1d.data_ptr(),
-                     logp=logp.data_ptr(), lse=0, entropy=_backend.ptr(ent), V=V,
-                     row_stride=_checks.row_stride(logits2d), inv_temp=1.0 / config.temperature,
-                     dtype=_checks.KERNEL_DTYPE_CODES[logits2d.dtype], dlogits=_backend.ptr(dlogits),
-                     grad_row_stride=_checks.row_stride(dlogits) if dlogits is not None else V, **head)
-        return tok_loss, logp, ent, dlogits
+    rows = dict(logits=logits2d.data_ptr(), targets=targets1d.data_ptr(), logp=logp.data_ptr(),
+                stats=stats.data_ptr(), entropy=_backend.ptr(ent), row_stride=_checks.row_stride(logits2d),
+                inv_temp=1.0 / config.temperature, dtype=_checks.KERNEL_DTYPE_CODES[logits2d.dtype])
+    if config.tokenwise:  # one launch: row stats -> per-token head (-> dlogits while the row is hot)
+        C.fused_loss(**_backend.launch_args(logits2d), V=V, dlogits=_backend.ptr(dlogits),
+                     grad_row_stride=_checks.row_stride(dlogits) if dlogits is not None else V, **rows, **head)
+        return tok_loss, logp, ent, stats, g
     # Sequence-level ratio or IS weight: a token's gradient needs its whole sequence first.
-    logp, lse, ent = launch_logprobs(logits2d, targets1d, config.temperature, config.entropy)
+    C.logprobs(**_backend.launch_args(logits2d), N=N, V=V, **rows)
     C.loss_head(**_backend.launch_args(logits2d), logp=logp.data_ptr(), **head)
-    if need_grad:
-        launch_softmax_grad(logits2d, targets1d, lse, None, g, None, config.temperature, out=dlogits)
-    return tok_loss, logp, ent, dlogits
+    if dlogits is not None:
+        launch_softmax_grad(logits2d, targets1d, stats, None, g, None, config.temperature, out=dlogits)
+    return tok_loss, logp, ent, stats, g
 
 
 def _f32(t):
@@ -122,43 +121,48 @@ def _f32(t):
 
 
 # --- custom op + autograd -----------------------------------------------------------------------------
+# Forward: one read of the logits (row stats, logp, per-token loss and g = dLoss/dlogp). Backward: one
+# read + write (dlogits = g * g_out * (onehot - p) / T). Folding the upstream gradient in before the single
+# rounding to the logits' dtype keeps bf16 gradients within half an ulp.
 @torch.library.custom_op("grpo::grpo_loss", mutates_args=())
 def _loss_op(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, coef: torch.Tensor,
              advantages: torch.Tensor, old_logp: torch.Tensor | None, ref_logp: torch.Tensor | None,
              sampling_logp: torch.Tensor | None, eps_low: float, eps_high: float, dual_clip: float, beta: float,
              kl: str, ratio_level: str, is_mode: str, is_cap: float, temperature: float, entropy: bool,
-             need_grad: bool, backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+             backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     V = logits.shape[-1]
     _checks.check_targets_range("targets", targets, V)
     config = LossConfig(eps_low=eps_low, eps_high=eps_high, dual_clip=dual_clip or None, beta=beta, kl=kl,
                         ratio_level=ratio_level, is_mode=is_mode or None, is_cap=is_cap, temperature=temperature,
                         entropy=entropy)
-    tok_loss, logp, ent, dlogits = launch_loss(logits.view(-1, V), targets.reshape(-1), mask, coef, advantages,
-                                               old_logp, ref_logp, sampling_logp, config, need_grad)
+    tok_loss, logp, ent, stats, g = launch_loss(logits.view(-1, V), targets.reshape(-1), mask, coef, advantages,
+                                                old_logp, ref_logp, sampling_logp, config)
     loss = (tok_loss.view(mask.shape).double() * coef).sum().to(torch.float32)
     ent = ent.view(mask.shape) if ent is not None else logp.new_empty(0)
-    dlogits = dlogits.view(logits.shape) if dlogits is not None else logits.new_empty(0)
-    return loss, logp.view(mask.shape), ent, dlogits
+    return loss, logp.view(mask.shape), ent, stats, g
 
 
 @_loss_op.register_fake
 def _(logits, targets, mask, coef, advantages, old_logp, ref_logp, sampling_logp, eps_low, eps_high, dual_clip,
-      beta, kl, ratio_level, is_mode, is_cap, temperature, entropy, need_grad, backend):
+      beta, kl, ratio_level, is_mode, is_cap, temperature, entropy, backend):
     f = dict(dtype=torch.float32)
+    N = mask.numel()
     ent = mask.new_empty(mask.shape, **f) if entropy else mask.new_empty(0, **f)
-    dl = torch.empty_like(logits, memory_format=torch.contiguous_format) if need_grad else logits.new_empty(0)
-    return mask.new_empty((), **f), mask.new_empty(mask.shape, **f), ent, dl
+    return (mask.new_empty((), **f), mask.new_empty(mask.shape, **f), ent, mask.new_empty((N, 2), **f),
+            mask.new_empty(N, **f))
 
 
 def _setup_context(ctx, inputs, output):
-    ctx.save_for_backward(output[3])
+    logits, targets = inputs[0], inputs[1]
+    ctx.save_for_backward(logits, targets, output[3], output[4])
+    ctx.temperature, ctx.backend = inputs[16], inputs[18]
 
 
-def _backward(ctx, g_loss, g_logp, g_ent, g_dlogits):
-    (dlogits,) = ctx.saved_tensors
-    if dlogits.numel() == 0 and g_loss is not None:
-        raise RuntimeError("grpo_loss: backward called but the forward ran without need_grad")
-    return (dlogits * g_loss.to(dlogits.dtype),) + (None,) * 19
+def _backward(ctx, g_loss, g_logp, g_ent, g_stats, g_g):
+    logits, targets, stats, g = ctx.saved_tensors
+    empty = g.new_empty(0)
+    dlogits = _softmax_grad_op(logits, targets, stats, empty, g * g_loss, empty, ctx.temperature, ctx.backend)
+    return (dlogits,) + (None,) * 18
 
 
 _loss_op.register_autograd(_backward, setup_context=_setup_context)
@@ -168,9 +172,10 @@ _loss_op.register_autograd(_backward, setup_context=_setup_context)
 def _check_loss_inputs(logits, targets, mask, advantages, old_logp, ref_logp, sampling_logp, config, dtypes):
     if not isinstance(config, LossConfig):
         raise TypeError(f"config: expected a grpo.ops.LossConfig, got {type(config).__name__}")
-    check_logits_targets(logits, targets, dtypes)
+    _checks.check_tensor("logits", logits)
     if logits.dim() != 3:
         raise ValueError(f"logits: expected (B, T, V), got {_checks.describe(logits)}")
+    check_logits_targets(logits, targets, dtypes)
     B, T, _ = logits.shape
     _checks.check_tensor("mask", mask, shape=(B, T))
     _checks.check_tensor("advantages", advantages, shape=(B,), floating=True)
@@ -212,11 +217,10 @@ def grpo_loss(logits, targets, mask, advantages, *, old_logp=None, ref_logp=None
     adv, old, ref, samp = _f32(advantages), _f32(old_logp), _f32(ref_logp), _f32(sampling_logp)
     ref = ref if config.beta != 0.0 else None
     samp = samp if config.is_mode is not None else None
-    need_grad = logits.requires_grad and torch.is_grad_enabled()
-    loss, logp, ent, _ = _loss_op(logits, targets.to(torch.int64).contiguous(), m, coef, adv, old, ref, samp,
+    loss, logp, ent, _, _ = _loss_op(logits, targets.to(torch.int64).contiguous(), m, coef, adv, old, ref, samp,
                                   float(config.eps_low), float(config.eps_high), float(config.dual_clip or 0.0),
                                   float(config.beta), config.kl, config.ratio_level, config.is_mode or "",
                                   float(config.is_cap), float(config.temperature), bool(config.entropy),
-                                  need_grad, backend)
+                                  backend)
     metrics = loss_metrics(logp.detach(), m, adv, old, ref_logp, samp, config, ent if config.entropy else None)
     return LossOutput(loss, metrics)

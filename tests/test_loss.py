@@ -1,0 +1,154 @@
+"""grpo_loss forward + backward, every CPU backend against the reference (DESIGN.md section 5), every
+LossConfig option, odd shapes and degenerate inputs."""
+import math
+
+import pytest
+import torch
+
+from conftest import check_rule
+from grpo import ops
+from grpo.ops import LossConfig, grpo_loss_ref, token_logprobs_ref
+
+CONFIGS = {
+    "default": LossConfig(),
+    "clip_higher_dual": LossConfig(eps_low=0.2, eps_high=0.28, dual_clip=3.0),
+    "k3_beta": LossConfig(beta=0.04, kl="k3"),
+    "k2_seqmean": LossConfig(beta=0.1, kl="k2", loss_agg="seq_mean_token_mean"),
+    "k1_drgrpo": LossConfig(beta=0.1, kl="k1", loss_agg="seq_mean_token_sum_norm", max_completion_length=9),
+    "gspo": LossConfig(ratio_level="sequence", eps_low=3e-4, eps_high=4e-4, loss_agg="seq_mean_token_mean"),
+    "is_token_truncate": LossConfig(is_mode="token_truncate", is_cap=1.2, temperature=0.7, entropy=True),
+    "is_token_mask": LossConfig(is_mode="token_mask", is_cap=1.2, beta=0.02),
+    "is_seq_truncate": LossConfig(is_mode="sequence_truncate", is_cap=1.5, entropy=True),
+    "is_seq_mask_gspo": LossConfig(is_mode="sequence_mask", is_cap=1.5, ratio_level="sequence", beta=0.05,
+                                   temperature=1.3),
+}
+SHAPES = [(2, 3, 1), (4, 5, 7), (2, 4, 1000), (1, 1, 4097), (3, 2, 4097)]
+DTYPES = [torch.float32, torch.bfloat16]
+
+
+def _away_from_clip_bounds(logp64, old, mask, config):
+    """Shift old logprobs so no ratio sits within 1e-3 of a clip bound: there the loss has a kink and
+    fp32 vs fp64 may legitimately pick different sides."""
+    lr = logp64 - old
+    if config.ratio_level == "sequence":
+        lr = ((lr * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1)).expand_as(old)
+    r = lr.exp()
+    near = torch.zeros_like(r, dtype=torch.bool)
+    for bound in (1 - config.eps_low, 1 + config.eps_high):
+        near |= (r - bound).abs() < 1e-3 * max(1.0, config.eps_high * 10)
+    if config.ratio_level == "sequence":
+        near = near.any(-1, keepdim=True).expand_as(old)
+    return torch.where(near, old - 3e-3, old)
+
+
+def make_inputs(B, T, V, dtype, config, *, on_policy=False, scale=2.0):
+    logits = (torch.randn(B, T, V) * scale).to(dtype)
+    targets = torch.randint(0, V, (B, T))
+    mask = torch.rand(B, T) > 0.25
+    if B > 1:
+        mask[-1] = False  # a fully masked row
+    adv = torch.randn(B)
+    logp64 = token_logprobs_ref(logits.double(), targets, temperature=config.temperature).float()
+    spread = 1e-4 if config.ratio_level == "sequence" else 0.15
+    old = None if on_policy else logp64 + torch.randn(B, T) * spread
+    if old is not None:
+        old = _away_from_clip_bounds(logp64, old, mask.float(), config)
+    ref = logp64 + torch.randn(B, T) * 0.1
+    base = logp64 if old is None else old
+    samp = base + torch.randn(B, T) * 0.2
+    return dict(logits=logits, targets=targets, mask=mask, advantages=adv, old_logp=old, ref_logp=ref,
+                sampling_logp=samp)
+
+
+def run_loss(fn, inp, config, g, dtype=None, **kw):
+    """Forward + backward with upstream gradient g; dtype=float64 upcasts every input (the fp64 ref)."""
+    cast = (lambda t: t if t is None or not t.is_floating_point() else t.to(dtype)) if dtype else (lambda t: t)
+    x = cast(inp["logits"]).detach().clone().requires_grad_()
+    args = {k: cast(v) for k, v in inp.items() if k != "logits"}
+    out = fn(x, args.pop("targets"), args.pop("mask"), args.pop("advantages"), config=config, **args, **kw)
+    (out.loss * g).backward()
+    return out.loss.detach(), x.grad, out.metrics
+
+
+ON_POLICY = ("default", "gspo", "is_seq_mask_gspo", "k3_beta")  # old_logp=None: a representative subset
+CASES = [(n, False) for n in CONFIGS] + [(n, True) for n in ON_POLICY]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("name,on_policy", CASES)
+def test_loss_matches_reference(seed, name, shape, dtype, on_policy):
+    config = CONFIGS[name]
+    inp = make_inputs(*shape, dtype, config, on_policy=on_policy)
+    g = torch.randn(()).item()
+    kern = run_loss(lambda *a, **k: ops.grpo_loss(*a, backend="cpu", **k), inp, config, g)
+    naive = run_loss(grpo_loss_ref, inp, config, g)
+    ref = run_loss(grpo_loss_ref, inp, config, g, dtype=torch.float64)
+    assert kern[0].dtype == torch.float32 and kern[1].dtype == dtype
+    check_rule("loss", kern[0], naive[0], ref[0])
+    check_rule("dlogits", kern[1], naive[1], ref[1], grad=True)
+    assert set(kern[2]) == set(naive[2])
+    for k in kern[2]:
+        check_rule(f"metric {k}", kern[2][k], naive[2][k], ref[2][k].double())
+
+
+@pytest.mark.parametrize("name", ["default", "k3_beta", "gspo", "is_seq_truncate"])
+def test_loss_realistic_shape(seed, name):
+    config = CONFIGS[name]
+    inp = make_inputs(8, 64, 32000, torch.bfloat16 if name == "k3_beta" else torch.float32, config)
+    g = 1.0
+    kern = run_loss(lambda *a, **k: ops.grpo_loss(*a, backend="auto", **k), inp, config, g)
+    naive = run_loss(grpo_loss_ref, inp, config, g)
+    ref = run_loss(grpo_loss_ref, inp, config, g, dtype=torch.float64)
+    check_rule("loss", kern[0], naive[0], ref[0])
+    check_rule("dlogits", kern[1], naive[1], ref[1], grad=True)
+
+
+@pytest.mark.parametrize("name", ["default", "clip_higher_dual", "k2_seqmean", "k1_drgrpo", "is_token_mask",
+                                  "is_seq_mask_gspo"])
+def test_reference_gradcheck_fp64(seed, name):
+    config = CONFIGS[name]
+    inp = make_inputs(2, 3, 5, torch.float64, config)
+    inp = {k: (v.double() if v is not None and v.is_floating_point() else v) for k, v in inp.items()}
+    logits = inp.pop("logits").requires_grad_()
+
+    def f(x):
+        return grpo_loss_ref(x, inp["targets"], inp["mask"], inp["advantages"], old_logp=inp["old_logp"],
+                             ref_logp=inp["ref_logp"], sampling_logp=inp["sampling_logp"], config=config).loss
+
+    assert torch.autograd.gradcheck(f, (logits,), eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+def test_equal_rewards_group_of_one_and_fully_masked(seed):
+    B, T, V = 4, 6, 33
+    logits = torch.randn(B, T, V, requires_grad=True)
+    targets = torch.randint(0, V, (B, T))
+    mask = torch.zeros(B, T, dtype=torch.bool)
+    adv = ops.group_advantages(torch.ones(B), 1)  # G = 1 and equal rewards: all zero, never NaN
+    assert torch.equal(adv, torch.zeros(B))
+    out = ops.grpo_loss(logits, targets, mask, adv, backend="cpu")  # every row masked
+    out.loss.backward()
+    assert out.loss.item() == 0.0 and torch.equal(logits.grad, torch.zeros_like(logits.grad))
+    assert not any(math.isnan(v.item()) for v in out.metrics.values())
+
+
+def test_zero_advantages_zero_beta_zero_gradient(seed):
+    for config in (LossConfig(), LossConfig(ratio_level="sequence"), LossConfig(is_mode="token_truncate")):
+        inp = make_inputs(3, 4, 50, torch.float32, config)
+        inp["advantages"] = torch.zeros(3)
+        for backend in ("cpu", "torch"):
+            _, grad, _ = run_loss(lambda *a, **k: ops.grpo_loss(*a, backend=backend, **k), inp, config, 1.0)
+            assert torch.count_nonzero(grad) == 0, (backend, config)
+
+
+def test_no_grad_forward_and_inplace_safety(seed):
+    config = CONFIGS["k3_beta"]
+    inp = make_inputs(2, 3, 40, torch.float32, config)
+    before = inp["logits"].clone()
+    with torch.no_grad():
+        out = ops.grpo_loss(inp["logits"], inp["targets"], inp["mask"], inp["advantages"], old_logp=inp["old_logp"],
+                            ref_logp=inp["ref_logp"], config=config, backend="cpu")
+    ref = grpo_loss_ref(inp["logits"].double(), inp["targets"], inp["mask"], inp["advantages"].double(),
+                        old_logp=inp["old_logp"].double(), ref_logp=inp["ref_logp"].double(), config=config)
+    assert abs(out.loss.item() - ref.loss.item()) < 1e-5
+    assert torch.equal(inp["logits"], before)  # the public op never overwrites its input
