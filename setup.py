@@ -24,8 +24,15 @@ CUDA_SOURCES = [
     "csrc/cuda/logprobs.cu",
     "csrc/cuda/loss.cu",
 ]
+HEADERS = [  # rebuild when any of these change (build_ext only tracks `sources` otherwise)
+    "csrc/params.h",
+    "csrc/grpo_math.h",
+    "csrc/cpu/kernels.h",
+    "csrc/cpu/row.h",
+    "csrc/cuda/kernels.h",
+]
 CUDA_ARCHS = ["80", "90a"]
-CXX_FLAGS = ["-O3", "-std=c++17", "-fopenmp", "-fvisibility=hidden", "-Wall", "-Wno-unused-function"]
+CXX_FLAGS = ["-O3", "-std=c++17", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-fvisibility=hidden", "-Wall", "-Wno-unused-function"]
 if os.environ.get("GRPO_NATIVE", "1") == "1":
     CXX_FLAGS.append("-march=native")  # the extension is always built on the machine that runs it
 
@@ -104,6 +111,7 @@ ext = Extension(
     include_dirs=[pybind11.get_include(), os.path.join(ROOT, "csrc")],
     extra_compile_args=CXX_FLAGS,
     extra_link_args=["-fopenmp"],
+    depends=HEADERS,
     language="c++",
 )
 

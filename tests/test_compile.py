@@ -40,3 +40,17 @@ def test_ops_are_registered_with_torch_library():
     logits = torch.randn(2, 3, 9, requires_grad=True)
     targets = torch.randint(0, 9, (2, 3))
     torch.library.opcheck(torch.ops.grpo.token_logprobs.default, (logits, targets, 1.0, True, "cpu"))
+
+
+def test_opcheck_loss_and_advantages():
+    B, T, V = 2, 3, 9
+    logits = torch.randn(B, T, V, requires_grad=True)
+    targets = torch.randint(0, V, (B, T))
+    mask = torch.ones(B, T)
+    coef = mask / mask.sum()
+    adv = torch.randn(B)
+    old = torch.randn(B, T) * 0.1 - 2.0
+    args = (logits, targets, mask, coef, adv, old, None, None, 0.2, 0.28, 0.0, 0.0, "k3", "token", "", 3.0, 1.0,
+            False, "cpu")
+    torch.library.opcheck(torch.ops.grpo.grpo_loss.default, args)
+    torch.library.opcheck(torch.ops.grpo.group_advantages.default, (torch.randn(8), 4, 0, 0, 1e-4, "cpu"))

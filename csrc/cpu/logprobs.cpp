@@ -12,7 +12,7 @@ static void logprobs_impl(const LogprobParams& p, int num_threads) {
 #pragma omp parallel for schedule(static) num_threads(num_threads)
   for (int64_t n = 0; n < p.N; ++n) {
     const T* row = logits + n * p.row_stride;
-    const RowStats st = row_stats(row, p.V, p.inv_temp);
+    const RowStats st = p.entropy ? row_stats<true>(row, p.V, p.inv_temp) : row_stats<false>(row, p.V, p.inv_temp);
     const float logs = row_logs(st);
     p.logp[n] = (load(row, p.targets[n]) * p.inv_temp - st.m) - logs;
     if (p.stats) {

@@ -20,7 +20,8 @@ static void fused_loss_impl(const FusedLossParams& fp, int num_threads) {
 #pragma omp parallel for schedule(static) num_threads(num_threads)
   for (int64_t n = 0; n < lp.N; ++n) {
     const T* row = logits + n * lp.row_stride;
-    const RowStats st = row_stats(row, lp.V, lp.inv_temp);
+    const RowStats st = lp.entropy ? row_stats<true>(row, lp.V, lp.inv_temp)
+                                    : row_stats<false>(row, lp.V, lp.inv_temp);
     const float logs = row_logs(st);
     const float logp = (load(row, lp.targets[n]) * lp.inv_temp - st.m) - logs;
     lp.logp[n] = logp;

@@ -1,5 +1,5 @@
 // CPU row primitives over one logits row: loads of fp32/bf16/fp16, the statistics pass and the gradient
-// pass. Loops run over fixed 16-wide lanes so gcc vectorizes them without reassociating a reduction.
+// pass, written with explicit 8-wide vectors.
 #pragma once
 #include <cstdint>
 #include <cstring>
@@ -9,7 +9,6 @@
 namespace grpo {
 namespace cpu {
 
-constexpr int kLanes = 16;
 constexpr int64_t kChunk = 512;  // partial sums are folded into double every kChunk elements
 
 struct bf16_t { uint16_t x; };
@@ -34,39 +33,111 @@ inline void store(bf16_t* p, int64_t j, float v) {  // round to nearest even; Na
 }
 inline void store(f16_t* p, int64_t j, float v) { p[j].x = (_Float16)v; }
 
-// Softmax statistics of row * inv_temp: max, sum exp(z - m), sum exp(z - m)(z - m).
-template <typename T>
+// 8-wide float vectors (gcc vector extensions: AVX2 here, SSE/AVX-512 elsewhere) with the same math as
+// the scalar fexp of grpo_math.h, so the row loops run vectorized whatever the auto-vectorizer decides.
+typedef float vf __attribute__((vector_size(32)));
+typedef int32_t vi __attribute__((vector_size(32)));
+typedef uint32_t vu __attribute__((vector_size(32)));
+typedef uint16_t vu16 __attribute__((vector_size(16)));
+typedef _Float16 vh __attribute__((vector_size(16)));
+constexpr int kW = 8;
+
+inline vf splat(float x) { return vf{} + x; }
+inline vf as_vf(vi v) { vf f; std::memcpy(&f, &v, sizeof f); return f; }
+
+inline vf vload(const float* p) { vf v; std::memcpy(&v, p, sizeof v); return v; }
+inline vf vload(const bf16_t* p) {
+  vu16 h;
+  std::memcpy(&h, p, sizeof h);
+  vu u = __builtin_convertvector(h, vu) << 16;
+  vf f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+inline vf vload(const f16_t* p) { vh h; std::memcpy(&h, p, sizeof h); return __builtin_convertvector(h, vf); }
+
+inline void vstore(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
+inline void vstore(bf16_t* p, vf v) {  // round to nearest even, NaN stays NaN (as the scalar store)
+  vu u;
+  std::memcpy(&u, &v, sizeof u);
+  vu rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  vu quiet = (u >> 16) | 0x40u;
+  vu out = (u & 0x7fffffffu) > 0x7f800000u ? quiet : rounded;
+  vu16 h = __builtin_convertvector(out, vu16);
+  std::memcpy(p, &h, sizeof h);
+}
+inline void vstore(f16_t* p, vf v) { vh h = __builtin_convertvector(v, vh); std::memcpy(p, &h, sizeof h); }
+
+// exp(d) for d <= 0 (every softmax argument here: z - max, log p), lane-wise, ~1 ulp: exp2 split into a
+// rounded integer part (magic-number rounding) and a degree-6 polynomial on [-0.5, 0.5] (Cephes exp2f),
+// the integer part added straight into the exponent bits. Below 2^-126 the result is 0 (so -inf -> 0).
+// NaN is not propagated here: row_stats flags NaN rows in its max pass.
+inline vf vexp_nonpos(vf d) {
+  const vf magic = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer in the low bits
+  vf t = d * 1.44269504088896341f;
+  t = t < -126.0f ? splat(-126.5f) : t;
+  vf r = t + magic;
+  vf f = t - (r - magic);
+  vf y = splat(1.535336188319500e-4f);
+  y = y * f + 1.339887440266574e-3f;
+  y = y * f + 9.618437357674640e-3f;
+  y = y * f + 5.550332471162809e-2f;
+  y = y * f + 2.402264791363012e-1f;
+  y = y * f + 6.931472028550421e-1f;
+  y = y * f + 1.0f;
+  vi yi, ri;
+  std::memcpy(&yi, &y, sizeof y);
+  std::memcpy(&ri, &r, sizeof r);
+  yi += ri << 23;  // low mantissa bits of r hold n (two's complement): y * 2^n
+  return t < -126.0f ? splat(0.0f) : as_vf(yi);
+}
+
+inline float hmax(vf v) {
+  float m = v[0];
+  for (int l = 1; l < kW; ++l) m = v[l] > m ? v[l] : m;
+  return m;
+}
+inline double hsum(vf v) {
+  double s = 0.0;
+  for (int l = 0; l < kW; ++l) s += v[l];
+  return s;
+}
+
+// Softmax statistics of row * inv_temp: max, sum exp(z - m) and (kEntropy) sum exp(z - m)(z - m). The max
+// loop streams the row from memory, the sum loop re-reads it from cache; partial sums are folded into
+// double every kChunk elements.
+template <bool kEntropy, typename T>
 RowStats row_stats(const T* row, int64_t V, float inv_temp) {
-  float mx[kLanes];
-  for (int l = 0; l < kLanes; ++l) mx[l] = -INFINITY;
-  const int64_t Vv = V - V % kLanes;
-  for (int64_t j = 0; j < Vv; j += kLanes)
-    for (int l = 0; l < kLanes; ++l) {
-      float z = load(row, j + l) * inv_temp;
-      mx[l] = z > mx[l] ? z : mx[l];
-    }
-  float m = -INFINITY;
-  for (int l = 0; l < kLanes; ++l) m = mx[l] > m ? mx[l] : m;
+  const int64_t Vv = V - V % kW;
+  vf mx = splat(-INFINITY);
+  vi nan = vi{} + 0;
+  for (int64_t j = 0; j < Vv; j += kW) {
+    vf z = vload(row + j) * inv_temp;
+    mx = z > mx ? z : mx;
+    nan |= z != z;
+  }
+  float m = hmax(mx);
+  bool has_nan = false;
+  for (int l = 0; l < kW; ++l) has_nan |= nan[l] != 0;
   for (int64_t j = Vv; j < V; ++j) {
     float z = load(row, j) * inv_temp;
     m = z > m ? z : m;
+    has_nan |= z != z;
   }
+  if (has_nan || m == -INFINITY) return RowStats{m, NAN, NAN};  // as torch: NaN row, or all -inf -> NaN
   double s = 0.0, t = 0.0;
+  const vf zero = splat(0.0f);
   for (int64_t c0 = 0; c0 < Vv; c0 += kChunk) {
     const int64_t c1 = c0 + kChunk < Vv ? c0 + kChunk : Vv;
-    float sl[kLanes], tl[kLanes];
-    for (int l = 0; l < kLanes; ++l) sl[l] = tl[l] = 0.0f;
-    for (int64_t j = c0; j < c1; j += kLanes)
-      for (int l = 0; l < kLanes; ++l) {
-        float d = load(row, j + l) * inv_temp - m;
-        float e = fexp(d);
-        sl[l] += e;
-        tl[l] += e > 0.0f ? e * d : 0.0f;
-      }
-    for (int l = 0; l < kLanes; ++l) {
-      s += sl[l];
-      t += tl[l];
+    vf sv = zero, tv = zero;
+    for (int64_t j = c0; j < c1; j += kW) {
+      vf d = vload(row + j) * inv_temp - m;
+      vf e = vexp_nonpos(d);
+      sv += e;
+      if (kEntropy) tv += e > 0.0f ? e * d : zero;
     }
+    s += hsum(sv);
+    if (kEntropy) t += hsum(tv);
   }
   for (int64_t j = Vv; j < V; ++j) {
     float d = load(row, j) * inv_temp - m;
@@ -81,14 +152,23 @@ RowStats row_stats(const T* row, int64_t V, float inv_temp) {
 template <typename T>
 void row_grad(const T* row, T* out, int64_t V, int64_t target, float m, float logs, float H, float g_logp,
               float g_ent, float inv_temp) {
+  const int64_t Vv = V - V % kW;
   if (g_logp == 0.0f && g_ent == 0.0f) {
-    for (int64_t j = 0; j < V; ++j) store(out, j, 0.0f);
+    for (int64_t j = 0; j < Vv; j += kW) vstore(out + j, splat(0.0f));
+    for (int64_t j = Vv; j < V; ++j) store(out, j, 0.0f);
     return;
   }
   const float a = -g_logp * inv_temp, b = -g_ent * inv_temp;
   const float z_t = load(row, target) * inv_temp;
-  for (int64_t j = 0; j < V; ++j) {
-    float zl = (load(row, j) * inv_temp - m) - logs;  // log p_j
+  const vf zero = splat(0.0f);
+  for (int64_t j = 0; j < Vv; j += kW) {
+    vf zl = (vload(row + j) * inv_temp - m) - logs;  // log p_j
+    vf p = vexp_nonpos(zl);
+    vf ent = p > 0.0f ? p * (zl + H) : zero;
+    vstore(out + j, a * p + b * ent);
+  }
+  for (int64_t j = Vv; j < V; ++j) {
+    float zl = (load(row, j) * inv_temp - m) - logs;
     float p = fexp(zl);
     float ent = p > 0.0f ? p * (zl + H) : 0.0f;
     store(out, j, a * p + b * ent);
