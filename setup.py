@@ -30,6 +30,7 @@ HEADERS = [  # rebuild when any of these change (build_ext only tracks `sources`
     "csrc/cpu/kernels.h",
     "csrc/cpu/row.h",
     "csrc/cuda/kernels.h",
+    "csrc/cuda/common.cuh",
 ]
 CUDA_ARCHS = ["80", "90a"]
 CXX_FLAGS = ["-O3", "-std=c++17", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-fvisibility=hidden", "-Wall", "-Wno-unused-function"]
@@ -52,11 +53,14 @@ def find_nvcc():
 
 
 def cuda_lib_dir(nvcc):
-    home = os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
-    for sub in ("lib64", "lib", "targets/x86_64-linux/lib"):
-        if os.path.exists(os.path.join(home, sub, "libcudart_static.a")):
-            return os.path.join(home, sub)
-    sys.exit(f"nvcc found at {nvcc} but no libcudart_static.a under {home}")
+    """The folder holding libcudart_static.a (nvcc may be a wrapper script outside the toolkit)."""
+    homes = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"),
+             os.path.dirname(os.path.dirname(os.path.realpath(nvcc))), "/usr/local/cuda"]
+    for home in filter(None, homes):
+        for sub in ("lib64", "lib", "targets/x86_64-linux/lib", "targets/sbsa-linux/lib"):
+            if os.path.exists(os.path.join(home, sub, "libcudart_static.a")):
+                return os.path.join(home, sub)
+    sys.exit(f"nvcc found at {nvcc} but no libcudart_static.a under {[h for h in homes if h]}; set CUDA_HOME")
 
 
 class BuildExt(build_ext):
@@ -67,6 +71,7 @@ class BuildExt(build_ext):
         if nvcc is not None:
             objects = self._compile_cuda(nvcc)
             ext.extra_objects = list(ext.extra_objects or []) + objects
+            ext.depends = list(ext.depends or []) + CUDA_SOURCES
             ext.library_dirs = list(ext.library_dirs or []) + [cuda_lib_dir(nvcc)]
             ext.extra_link_args = list(ext.extra_link_args or []) + ["-lcudart_static", "-ldl", "-lpthread", "-lrt"]
             ext.define_macros = list(ext.define_macros or []) + [

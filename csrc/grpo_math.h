@@ -95,8 +95,8 @@ GRPO_HD RowStats row_stats_init() { return RowStats{-INFINITY, 0.0f, 0.0f}; }
 
 // Merge two partial states (used by vector lanes, threads and warps alike).
 GRPO_HD RowStats row_stats_merge(RowStats a, RowStats b) {
-  if (a.m == -INFINITY) return b;
-  if (b.m == -INFINITY) return a;
+  if (a.s == 0.0f) return b;  // empty part (NaN in s still propagates)
+  if (b.s == 0.0f) return a;
   float m = a.m > b.m ? a.m : b.m;
   float ca = fexp(a.m - m), cb = fexp(b.m - m);
   float da = a.m - m, db = b.m - m;
@@ -180,9 +180,14 @@ GRPO_HD PolicyTerm policy_term(float r, float A, float eps_low, float eps_high, 
 }
 
 // Per-token loss and dLoss/dlogp for token-level ratios and token-level (or no) IS weights.
-// old_lp == logp for on-policy. Returns loss (unweighted); *g gets coef * dloss/dlogp.
-GRPO_HD float token_head(const LossHeadParams& p, float logp, float old_lp, float ref_lp, float samp_lp,
-                         float A, float coef, float* g) {
+// old_lp == logp for on-policy. Returns the unweighted loss and g = coef * dloss/dlogp.
+struct TokenHead {
+  float loss;
+  float g;
+};
+
+GRPO_HD TokenHead token_head(const LossHeadParams& p, float logp, float old_lp, float ref_lp, float samp_lp,
+                             float A, float coef) {
   float r = fexp(logp - old_lp);
   float w = p.is_mode == kISNone ? 1.0f : is_weight(p.is_mode, old_lp - samp_lp, p.is_cap);
   PolicyTerm pt = policy_term(r, A, p.eps_low, p.eps_high, p.dual_clip);
@@ -192,8 +197,7 @@ GRPO_HD float token_head(const LossHeadParams& p, float logp, float old_lp, floa
     loss += p.beta * kl_value(p.kl, logp, ref_lp);
     dl += p.beta * kl_grad(p.kl, logp, ref_lp);
   }
-  *g = coef * dl;
-  return loss;
+  return TokenHead{loss, coef * dl};
 }
 
 GRPO_HD bool head_is_tokenwise(const LossHeadParams& p) {

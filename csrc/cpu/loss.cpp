@@ -33,8 +33,9 @@ static void fused_loss_impl(const FusedLossParams& fp, int num_threads) {
     const float old = h.old_logp ? h.old_logp[n] : logp;
     const float ref = h.ref_logp ? h.ref_logp[n] : 0.0f;
     const float samp = h.sampling_logp ? h.sampling_logp[n] : old;
-    float g = 0.0f;
-    h.tok_loss[n] = token_head(h, logp, old, ref, samp, h.advantages[n / h.T], h.coef[n], &g);
+    const TokenHead th = token_head(h, logp, old, ref, samp, h.advantages[n / h.T], h.coef[n]);
+    const float g = th.g;
+    h.tok_loss[n] = th.loss;
     if (h.g_logp) h.g_logp[n] = g;
     if (dlogits)
       row_grad(row, dlogits + n * fp.grad_row_stride, lp.V, lp.targets[n], st.m, logs, 0.0f, g, 0.0f,
