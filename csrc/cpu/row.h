@@ -57,13 +57,16 @@ inline vf vload(const bf16_t* p) {
 inline vf vload(const f16_t* p) { vh h; std::memcpy(&h, p, sizeof h); return __builtin_convertvector(h, vf); }
 
 inline void vstore(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
-inline void vstore(bf16_t* p, vf v) {  // round to nearest even, NaN stays NaN (as the scalar store)
-  vu u;
+inline void vstore(bf16_t* p, vf v) {
+  // Round to nearest even. Arithmetic NaNs are quiet (0x7fc00000 | sign) and stay NaN under the
+  // rounding add, so no NaN select is needed here.
+  typedef uint16_t vu16x16 __attribute__((vector_size(32)));
+  vi u;
   std::memcpy(&u, &v, sizeof u);
-  vu rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-  vu quiet = (u >> 16) | 0x40u;
-  vu out = (u & 0x7fffffffu) > 0x7f800000u ? quiet : rounded;
-  vu16 h = __builtin_convertvector(out, vu16);
+  vi out = (vi)((vu)(u + 0x7fff + ((u >> 16) & 1)) >> 16);
+  vu16x16 halves;
+  std::memcpy(&halves, &out, sizeof halves);
+  vu16 h = __builtin_shufflevector(halves, halves, 0, 2, 4, 6, 8, 10, 12, 14);  // low 16 bits of each lane
   std::memcpy(p, &h, sizeof h);
 }
 inline void vstore(f16_t* p, vf v) { vh h = __builtin_convertvector(v, vh); std::memcpy(p, &h, sizeof h); }
@@ -161,11 +164,15 @@ void row_grad(const T* row, T* out, int64_t V, int64_t target, float m, float lo
   const float a = -g_logp * inv_temp, b = -g_ent * inv_temp;
   const float z_t = load(row, target) * inv_temp;
   const vf zero = splat(0.0f);
-  for (int64_t j = 0; j < Vv; j += kW) {
-    vf zl = (vload(row + j) * inv_temp - m) - logs;  // log p_j
-    vf p = vexp_nonpos(zl);
-    vf ent = p > 0.0f ? p * (zl + H) : zero;
-    vstore(out + j, a * p + b * ent);
+  if (g_ent == 0.0f) {  // the loss backward: no entropy term
+    for (int64_t j = 0; j < Vv; j += kW) vstore(out + j, a * vexp_nonpos((vload(row + j) * inv_temp - m) - logs));
+  } else {
+    for (int64_t j = 0; j < Vv; j += kW) {
+      vf zl = (vload(row + j) * inv_temp - m) - logs;  // log p_j
+      vf p = vexp_nonpos(zl);
+      vf ent = p > 0.0f ? p * (zl + H) : zero;
+      vstore(out + j, a * p + b * ent);
+    }
   }
   for (int64_t j = Vv; j < V; ++j) {
     float zl = (load(row, j) * inv_temp - m) - logs;
