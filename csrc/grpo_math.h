@@ -47,6 +47,16 @@ GRPO_HD float fexp(float x) {
 #endif
 }
 
+// z = x / T, correctly rounded as torch's logits / T (a multiply by a rounded 1/T is off by up to an ulp
+// of z, which shows in logp for large logits), and rounded before anything is subtracted from it.
+GRPO_HD float scale_logit(float x, float temperature) {
+#if defined(__CUDA_ARCH__)
+  return temperature == 1.0f ? x : __fdiv_rn(x, temperature);
+#else
+  return temperature == 1.0f ? x : x / temperature;
+#endif
+}
+
 // ---------------------------------------------------------------------------------------------
 // Group advantages (TRL: _generate_and_score_completions): a = (r - baseline) / (std + eps).
 struct GroupStats {
@@ -110,19 +120,23 @@ GRPO_HD RowStats row_stats_merge(RowStats a, RowStats b) {
 
 GRPO_HD float row_logs(RowStats st) { return logf(st.s); }
 
+// logp of the target from its scaled logit and the row's (m, s), with one rounding: z - m is exact in
+// double and log s is taken in double, so the result is within half an ulp plus the error of s.
+GRPO_HD float target_logp(float z_t, float m, double s) { return (float)(((double)z_t - (double)m) - log(s)); }
+
 // H = log s - t / s (entropy of softmax(z), z already divided by the temperature).
 GRPO_HD float row_entropy(RowStats st) { return logf(st.s) - st.t / st.s; }
 
-// d/dz_j of (g_logp * logp_target + g_ent * H), times inv_temp. dj = z_j - m (z = logits / T), logs = log s.
+// d/dz_j of (g_logp * logp_target + g_ent * H), divided by the temperature. dj = z_j - m (z = logits / T), logs = log s.
 // log p_j = dj - logs: subtracting the max first keeps p's precision when one token dominates the row.
 GRPO_HD float softmax_grad_elem(float dj, float logs, bool is_target, float g_logp, float g_ent,
-                                float H, float inv_temp) {
+                                float H, float temperature) {
   float lp = dj - logs;
   float p = fexp(lp);
   float d = g_logp * ((is_target ? 1.0f : 0.0f) - p);
   float ent = p > 0.0f ? p * (lp + H) : 0.0f;
   d -= g_ent * ent;
-  return d * inv_temp;
+  return d / temperature;
 }
 
 // ---------------------------------------------------------------------------------------------

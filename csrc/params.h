@@ -35,11 +35,11 @@ struct LogprobParams {
   int64_t N;
   int64_t V;
   int64_t row_stride;
-  float inv_temp;
+  float temperature;
   int dtype;              // DType
 };
 
-// dlogits[n, j] = (g_logp[n] * (onehot_j - p_j) - g_ent[n] * p_j * (log p_j + H_n)) * inv_temp
+// dlogits[n, j] = (g_logp[n] * (onehot_j - p_j) - g_ent[n] * p_j * (log p_j + H_n)) / temperature
 struct SoftmaxGradParams {
   const void* logits;     // (N, V)
   const int64_t* targets; // (N,)
@@ -52,7 +52,7 @@ struct SoftmaxGradParams {
   int64_t V;
   int64_t row_stride;
   int64_t grad_row_stride;
-  float inv_temp;
+  float temperature;
   int dtype;
 };
 

@@ -88,8 +88,8 @@ def test_loss_matches_reference(seed, name, shape, dtype, on_policy):
     check_rule("loss", kern[0], naive[0], ref[0])
     check_rule("dlogits", kern[1], naive[1], ref[1], grad=True)
     assert set(kern[2]) == set(naive[2])
-    for k in kern[2]:
-        check_rule(f"metric {k}", kern[2][k], naive[2][k], ref[2][k].double())
+    for k in kern[2]:  # diagnostics derived from logp (checked by the rule in test_logprobs), not kernel outputs
+        torch.testing.assert_close(kern[2][k].double(), ref[2][k].double(), rtol=2e-5, atol=2e-6, msg=k)
 
 
 @pytest.mark.parametrize("name", ["default", "k3_beta", "gspo", "is_seq_truncate"])

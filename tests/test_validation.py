@@ -130,7 +130,7 @@ def test_native_layer_checks_its_inputs():
                       estimator=0, eps=1e-4)
     with pytest.raises(ValueError, match="dtype code"):
         _C.logprobs(device=0, stream=0, num_threads=1, logits=0, targets=0, logp=0, stats=0, entropy=0, N=1, V=4,
-                    row_stride=4, inv_temp=1.0, dtype=7)
+                    row_stride=4, temperature=1.0, dtype=7)
     if not _C.has_cuda:
         with pytest.raises(RuntimeError, match="without CUDA"):
             _C.advantages(device=1, stream=0, num_threads=1, rewards=1, advantages=1, zero_std=1, B=2, G=2, scale=0,

@@ -12,14 +12,14 @@ static void logprobs_impl(const LogprobParams& p, int num_threads) {
 #pragma omp parallel for schedule(static) num_threads(num_threads)
   for (int64_t n = 0; n < p.N; ++n) {
     const T* row = logits + n * p.row_stride;
-    const RowStats st = p.entropy ? row_stats<true>(row, p.V, p.inv_temp) : row_stats<false>(row, p.V, p.inv_temp);
-    const float logs = row_logs(st);
-    p.logp[n] = (load(row, p.targets[n]) * p.inv_temp - st.m) - logs;
+    const RowSums st = p.entropy ? row_stats<true>(row, p.V, p.temperature) : row_stats<false>(row, p.V, p.temperature);
+    const float logs = st.logs();
+    p.logp[n] = target_logp(scale_logit(load(row, p.targets[n]), p.temperature), st.m, st.s);
     if (p.stats) {
       p.stats[2 * n] = st.m;
       p.stats[2 * n + 1] = logs;
     }
-    if (p.entropy) p.entropy[n] = row_entropy(st);
+    if (p.entropy) p.entropy[n] = st.entropy();
   }
 }
 
@@ -39,7 +39,7 @@ static void softmax_grad_impl(const SoftmaxGradParams& p, int num_threads) {
     const float H = p.g_ent ? p.entropy[n] : 0.0f;
     row_grad(logits + n * p.row_stride, out + n * p.grad_row_stride, p.V, p.targets[n], p.stats[2 * n],
              p.stats[2 * n + 1], H,
-             p.g_logp[n], g_ent, p.inv_temp);
+             p.g_logp[n], g_ent, p.temperature);
   }
 }
 

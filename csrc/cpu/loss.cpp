@@ -20,16 +20,16 @@ static void fused_loss_impl(const FusedLossParams& fp, int num_threads) {
 #pragma omp parallel for schedule(static) num_threads(num_threads)
   for (int64_t n = 0; n < lp.N; ++n) {
     const T* row = logits + n * lp.row_stride;
-    const RowStats st = lp.entropy ? row_stats<true>(row, lp.V, lp.inv_temp)
-                                    : row_stats<false>(row, lp.V, lp.inv_temp);
-    const float logs = row_logs(st);
-    const float logp = (load(row, lp.targets[n]) * lp.inv_temp - st.m) - logs;
+    const RowSums st = lp.entropy ? row_stats<true>(row, lp.V, lp.temperature)
+                                   : row_stats<false>(row, lp.V, lp.temperature);
+    const float logs = st.logs();
+    const float logp = target_logp(scale_logit(load(row, lp.targets[n]), lp.temperature), st.m, st.s);
     lp.logp[n] = logp;
     if (lp.stats) {
       lp.stats[2 * n] = st.m;
       lp.stats[2 * n + 1] = logs;
     }
-    if (lp.entropy) lp.entropy[n] = row_entropy(st);
+    if (lp.entropy) lp.entropy[n] = st.entropy();
     const float old = h.old_logp ? h.old_logp[n] : logp;
     const float ref = h.ref_logp ? h.ref_logp[n] : 0.0f;
     const float samp = h.sampling_logp ? h.sampling_logp[n] : old;
@@ -39,7 +39,7 @@ static void fused_loss_impl(const FusedLossParams& fp, int num_threads) {
     if (h.g_logp) h.g_logp[n] = g;
     if (dlogits)
       row_grad(row, dlogits + n * fp.grad_row_stride, lp.V, lp.targets[n], st.m, logs, 0.0f, g, 0.0f,
-               lp.inv_temp);
+               lp.temperature);
   }
 }
 

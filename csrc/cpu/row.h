@@ -43,6 +43,12 @@ typedef _Float16 vh __attribute__((vector_size(16)));
 constexpr int kW = 8;
 
 inline vf splat(float x) { return vf{} + x; }
+inline vf opaque(vf v) {  // the vector twin of scale_logit's barrier
+#if defined(__x86_64__) || defined(__i386__)
+  asm("" : "+x"(v));
+#endif
+  return v;
+}
 inline vf as_vf(vi v) { vf f; std::memcpy(&f, &v, sizeof f); return f; }
 
 inline vf vload(const float* p) { vf v; std::memcpy(&v, p, sizeof v); return v; }
@@ -106,16 +112,36 @@ inline double hsum(vf v) {
   return s;
 }
 
-// Softmax statistics of row * inv_temp: max, sum exp(z - m) and (kEntropy) sum exp(z - m)(z - m). The max
+// Logits scaling by 1/T: none at T = 1, else a correctly rounded division (as torch's logits / T).
+struct NoScale {
+  vf operator()(vf x) const { return x; }
+  float operator()(float x) const { return x; }
+};
+struct DivScale {
+  float T;
+  vf operator()(vf x) const { return opaque(x / T); }
+  float operator()(float x) const { return x / T; }
+};
+
+// Softmax statistics of z = row / T: max, sum exp(z - m) and (kEntropy) sum exp(z - m)(z - m). The max
 // loop streams the row from memory, the sum loop re-reads it from cache; partial sums are folded into
 // double every kChunk elements.
-template <bool kEntropy, typename T>
-RowStats row_stats(const T* row, int64_t V, float inv_temp) {
+// Row statistics with the sums kept in double (the CPU folds partial sums into double anyway).
+struct RowSums {
+  float m;
+  double s;
+  double t;
+  float logs() const { return (float)std::log(s); }
+  float entropy() const { return (float)(std::log(s) - t / s); }
+};
+
+template <bool kEntropy, typename T, typename S>
+RowSums row_stats_impl(const T* row, int64_t V, S scale) {
   const int64_t Vv = V - V % kW;
   vf mx = splat(-INFINITY);
   vi nan = vi{} + 0;
   for (int64_t j = 0; j < Vv; j += kW) {
-    vf z = vload(row + j) * inv_temp;
+    vf z = scale(vload(row + j));
     mx = z > mx ? z : mx;
     nan |= z != z;
   }
@@ -123,18 +149,18 @@ RowStats row_stats(const T* row, int64_t V, float inv_temp) {
   bool has_nan = false;
   for (int l = 0; l < kW; ++l) has_nan |= nan[l] != 0;
   for (int64_t j = Vv; j < V; ++j) {
-    float z = load(row, j) * inv_temp;
+    float z = scale(load(row, j));
     m = z > m ? z : m;
     has_nan |= z != z;
   }
-  if (has_nan || m == -INFINITY) return RowStats{m, NAN, NAN};  // as torch: NaN row, or all -inf -> NaN
+  if (has_nan || m == -INFINITY) return RowSums{m, NAN, NAN};  // as torch: NaN row, or all -inf -> NaN
   double s = 0.0, t = 0.0;
   const vf zero = splat(0.0f);
   for (int64_t c0 = 0; c0 < Vv; c0 += kChunk) {
     const int64_t c1 = c0 + kChunk < Vv ? c0 + kChunk : Vv;
     vf sv = zero, tv = zero;
     for (int64_t j = c0; j < c1; j += kW) {
-      vf d = vload(row + j) * inv_temp - m;
+      vf d = scale(vload(row + j)) - m;
       vf e = vexp_nonpos(d);
       sv += e;
       if (kEntropy) tv += e > 0.0f ? e * d : zero;
@@ -143,39 +169,45 @@ RowStats row_stats(const T* row, int64_t V, float inv_temp) {
     if (kEntropy) t += hsum(tv);
   }
   for (int64_t j = Vv; j < V; ++j) {
-    float d = load(row, j) * inv_temp - m;
+    float d = scale(load(row, j)) - m;
     float e = fexp(d);
     s += e;
     t += e > 0.0f ? e * d : 0.0f;
   }
-  return RowStats{m, (float)s, (float)t};
+  return RowSums{m, s, t};
 }
 
-// dlogits row: (g_logp * (onehot - p) - g_ent * p (log p + H)) * inv_temp. `out` may alias `row`.
-template <typename T>
-void row_grad(const T* row, T* out, int64_t V, int64_t target, float m, float logs, float H, float g_logp,
-              float g_ent, float inv_temp) {
+template <bool kEntropy, typename T>
+RowSums row_stats(const T* row, int64_t V, float temperature) {
+  if (temperature == 1.0f) return row_stats_impl<kEntropy>(row, V, NoScale{});
+  return row_stats_impl<kEntropy>(row, V, DivScale{temperature});
+}
+
+// dlogits row: (g_logp * (onehot - p) - g_ent * p (log p + H)) / T. `out` may alias `row`.
+template <typename T, typename S>
+void row_grad_impl(const T* row, T* out, int64_t V, int64_t target, float m, float logs, float H, float g_logp,
+                   float g_ent, float temperature, S scale) {
   const int64_t Vv = V - V % kW;
   if (g_logp == 0.0f && g_ent == 0.0f) {
     for (int64_t j = 0; j < Vv; j += kW) vstore(out + j, splat(0.0f));
     for (int64_t j = Vv; j < V; ++j) store(out, j, 0.0f);
     return;
   }
-  const float a = -g_logp * inv_temp, b = -g_ent * inv_temp;
-  const float z_t = load(row, target) * inv_temp;
+  const float a = -g_logp / temperature, b = -g_ent / temperature;
+  const float z_t = scale(load(row, target));
   const vf zero = splat(0.0f);
   if (g_ent == 0.0f) {  // the loss backward: no entropy term
-    for (int64_t j = 0; j < Vv; j += kW) vstore(out + j, a * vexp_nonpos((vload(row + j) * inv_temp - m) - logs));
+    for (int64_t j = 0; j < Vv; j += kW) vstore(out + j, a * vexp_nonpos((scale(vload(row + j)) - m) - logs));
   } else {
     for (int64_t j = 0; j < Vv; j += kW) {
-      vf zl = (vload(row + j) * inv_temp - m) - logs;  // log p_j
+      vf zl = (scale(vload(row + j)) - m) - logs;  // log p_j
       vf p = vexp_nonpos(zl);
       vf ent = p > 0.0f ? p * (zl + H) : zero;
       vstore(out + j, a * p + b * ent);
     }
   }
   for (int64_t j = Vv; j < V; ++j) {
-    float zl = (load(row, j) * inv_temp - m) - logs;
+    float zl = (scale(load(row, j)) - m) - logs;
     float p = fexp(zl);
     float ent = p > 0.0f ? p * (zl + H) : 0.0f;
     store(out, j, a * p + b * ent);
@@ -184,7 +216,14 @@ void row_grad(const T* row, T* out, int64_t V, int64_t target, float m, float lo
   const float lpt = (z_t - m) - logs;
   const float pt = fexp(lpt);
   const float ent_t = pt > 0.0f ? pt * (lpt + H) : 0.0f;
-  store(out, target, g_logp * inv_temp * (1.0f - pt) + b * ent_t);
+  store(out, target, g_logp * (1.0f - pt) / temperature + b * ent_t);
+}
+
+template <typename T>
+void row_grad(const T* row, T* out, int64_t V, int64_t target, float m, float logs, float H, float g_logp,
+              float g_ent, float temperature) {
+  if (temperature == 1.0f) return row_grad_impl(row, out, V, target, m, logs, H, g_logp, g_ent, 1.0f, NoScale{});
+  row_grad_impl(row, out, V, target, m, logs, H, g_logp, g_ent, temperature, DivScale{temperature});
 }
 
 }  // namespace cpu

@@ -87,9 +87,9 @@ __device__ __forceinline__ RowStats block_merge(RowStats s) {
   return s;
 }
 
-// Statistics of one row (z = x * inv_temp), merged over the block.
+// Statistics of one row (z = x * temperature), merged over the block.
 template <typename T, int kThreads>
-__device__ __forceinline__ RowStats row_stats_block(const T* row, int64_t V, float inv_temp) {
+__device__ __forceinline__ RowStats row_stats_block(const T* row, int64_t V, float temperature) {
   RowStats st = row_stats_init();
   if (aligned16(row)) {
     constexpr int kN = Pack<T>::kN;
@@ -98,11 +98,11 @@ __device__ __forceinline__ RowStats row_stats_block(const T* row, int64_t V, flo
     for (int64_t i = threadIdx.x; i < nv; i += kThreads) {
       const Pack<T> pk = packs[i];
 #pragma unroll
-      for (int k = 0; k < kN; ++k) stats_push(st, to_f(pk.v[k]) * inv_temp);
+      for (int k = 0; k < kN; ++k) stats_push(st, scale_logit(to_f(pk.v[k]), temperature));
     }
-    for (int64_t j = nv * kN + threadIdx.x; j < V; j += kThreads) stats_push(st, to_f(row[j]) * inv_temp);
+    for (int64_t j = nv * kN + threadIdx.x; j < V; j += kThreads) stats_push(st, scale_logit(to_f(row[j]), temperature));
   } else {
-    for (int64_t j = threadIdx.x; j < V; j += kThreads) stats_push(st, to_f(row[j]) * inv_temp);
+    for (int64_t j = threadIdx.x; j < V; j += kThreads) stats_push(st, scale_logit(to_f(row[j]), temperature));
   }
   return block_merge<kThreads>(st);
 }
@@ -112,7 +112,7 @@ __device__ __forceinline__ RowStats row_stats_block(const T* row, int64_t V, flo
 template <typename T, int kThreads>
 __device__ __forceinline__ void row_grad_block(const T* row, T* out, int64_t V, int64_t target, float m,
                                                float logs, float H, float g_logp, float g_ent,
-                                               float inv_temp) {
+                                               float temperature) {
   if (g_logp == 0.0f && g_ent == 0.0f) {
     for (int64_t j = threadIdx.x; j < V; j += kThreads) out[j] = from_f<T>(0.0f);
     return;
@@ -128,19 +128,19 @@ __device__ __forceinline__ void row_grad_block(const T* row, T* out, int64_t V, 
 #pragma unroll
       for (int k = 0; k < kN; ++k) {
         const int64_t j = i * kN + k;
-        const float d = to_f(pk.v[k]) * inv_temp - m;
-        o.v[k] = from_f<T>(softmax_grad_elem(d, logs, j == target, g_logp, g_ent, H, inv_temp));
+        const float d = scale_logit(to_f(pk.v[k]), temperature) - m;
+        o.v[k] = from_f<T>(softmax_grad_elem(d, logs, j == target, g_logp, g_ent, H, temperature));
       }
       dst[i] = o;
     }
     for (int64_t j = nv * kN + threadIdx.x; j < V; j += kThreads) {
-      const float d = to_f(row[j]) * inv_temp - m;
-      out[j] = from_f<T>(softmax_grad_elem(d, logs, j == target, g_logp, g_ent, H, inv_temp));
+      const float d = scale_logit(to_f(row[j]), temperature) - m;
+      out[j] = from_f<T>(softmax_grad_elem(d, logs, j == target, g_logp, g_ent, H, temperature));
     }
   } else {
     for (int64_t j = threadIdx.x; j < V; j += kThreads) {
-      const float d = to_f(row[j]) * inv_temp - m;
-      out[j] = from_f<T>(softmax_grad_elem(d, logs, j == target, g_logp, g_ent, H, inv_temp));
+      const float d = scale_logit(to_f(row[j]), temperature) - m;
+      out[j] = from_f<T>(softmax_grad_elem(d, logs, j == target, g_logp, g_ent, H, temperature));
     }
   }
 }

@@ -11,10 +11,10 @@ template <typename T, int kThreads>
 __global__ void __launch_bounds__(kThreads) logprobs_kernel(LogprobParams p) {
   for (int64_t n = blockIdx.x; n < p.N; n += gridDim.x) {
     const T* row = static_cast<const T*>(p.logits) + n * p.row_stride;
-    const RowStats st = row_stats_block<T, kThreads>(row, p.V, p.inv_temp);
+    const RowStats st = row_stats_block<T, kThreads>(row, p.V, p.temperature);
     if (threadIdx.x == 0) {
       const float logs = row_logs(st);
-      p.logp[n] = (to_f(row[p.targets[n]]) * p.inv_temp - st.m) - logs;
+      p.logp[n] = target_logp(scale_logit(to_f(row[p.targets[n]]), p.temperature), st.m, (double)st.s);
       if (p.stats) {
         p.stats[2 * n] = st.m;
         p.stats[2 * n + 1] = logs;
@@ -32,7 +32,7 @@ __global__ void __launch_bounds__(kThreads) softmax_grad_kernel(SoftmaxGradParam
     const float g_ent = p.g_ent ? p.g_ent[n] : 0.0f;
     const float H = p.g_ent ? p.entropy[n] : 0.0f;
     row_grad_block<T, kThreads>(row, out, p.V, p.targets[n], p.stats[2 * n], p.stats[2 * n + 1], H, p.g_logp[n],
-                                g_ent, p.inv_temp);
+                                g_ent, p.temperature);
   }
 }
 

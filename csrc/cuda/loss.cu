@@ -21,10 +21,10 @@ __global__ void __launch_bounds__(kThreads) fused_loss_kernel(FusedLossParams fp
   __shared__ float g_shared;
   for (int64_t n = blockIdx.x; n < lp.N; n += gridDim.x) {
     const T* row = static_cast<const T*>(lp.logits) + n * lp.row_stride;
-    const RowStats st = row_stats_block<T, kThreads>(row, lp.V, lp.inv_temp);
+    const RowStats st = row_stats_block<T, kThreads>(row, lp.V, lp.temperature);
     const float logs = row_logs(st);
     if (threadIdx.x == 0) {
-      const float logp = (to_f(row[lp.targets[n]]) * lp.inv_temp - st.m) - logs;
+      const float logp = target_logp(scale_logit(to_f(row[lp.targets[n]]), lp.temperature), st.m, (double)st.s);
       lp.logp[n] = logp;
       if (lp.stats) {
         lp.stats[2 * n] = st.m;
@@ -43,7 +43,7 @@ __global__ void __launch_bounds__(kThreads) fused_loss_kernel(FusedLossParams fp
     const float g = g_shared;
     if (fp.dlogits) {
       T* out = static_cast<T*>(fp.dlogits) + n * fp.grad_row_stride;
-      row_grad_block<T, kThreads>(row, out, lp.V, lp.targets[n], st.m, logs, 0.0f, g, 0.0f, lp.inv_temp);
+      row_grad_block<T, kThreads>(row, out, lp.V, lp.targets[n], st.m, logs, 0.0f, g, 0.0f, lp.temperature);
     }
     __syncthreads();  // g_shared is rewritten for the next row
   }

@@ -45,7 +45,7 @@ def launch_logprobs(logits2d, targets1d, temperature, with_entropy, want_stats=T
     _backend.native().logprobs(
         **_backend.launch_args(logits2d), logits=logits2d.data_ptr(), targets=targets1d.data_ptr(),
         logp=logp.data_ptr(), stats=_backend.ptr(stats), entropy=_backend.ptr(ent), N=N, V=V,
-        row_stride=_checks.row_stride(logits2d), inv_temp=1.0 / temperature,
+        row_stride=_checks.row_stride(logits2d), temperature=float(temperature),
         dtype=_checks.KERNEL_DTYPE_CODES[logits2d.dtype])
     return logp, stats, ent
 
@@ -59,7 +59,7 @@ def launch_softmax_grad(logits2d, targets1d, stats, entropy, g_logp, g_ent, temp
         **_backend.launch_args(logits2d), logits=logits2d.data_ptr(), targets=targets1d.data_ptr(),
         stats=stats.data_ptr(), entropy=_backend.ptr(entropy), g_logp=g_logp.data_ptr(), g_ent=_backend.ptr(g_ent),
         dlogits=out.data_ptr(), N=N, V=V, row_stride=_checks.row_stride(logits2d),
-        grad_row_stride=_checks.row_stride(out), inv_temp=1.0 / temperature,
+        grad_row_stride=_checks.row_stride(out), temperature=float(temperature),
         dtype=_checks.KERNEL_DTYPE_CODES[logits2d.dtype])
     return out
 

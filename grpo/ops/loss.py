@@ -103,7 +103,7 @@ def launch_loss(logits2d, targets1d, mask, coef, adv, old, ref, samp, config: Lo
     C = _backend.native()
     rows = dict(logits=logits2d.data_ptr(), targets=targets1d.data_ptr(), logp=logp.data_ptr(),
                 stats=stats.data_ptr(), entropy=_backend.ptr(ent), row_stride=_checks.row_stride(logits2d),
-                inv_temp=1.0 / config.temperature, dtype=_checks.KERNEL_DTYPE_CODES[logits2d.dtype])
+                temperature=float(config.temperature), dtype=_checks.KERNEL_DTYPE_CODES[logits2d.dtype])
     if config.tokenwise:  # one launch: row stats -> per-token head (-> dlogits while the row is hot)
         C.fused_loss(**_backend.launch_args(logits2d), V=V, dlogits=_backend.ptr(dlogits),
                      grad_row_stride=_checks.row_stride(dlogits) if dlogits is not None else V, **rows, **head)
