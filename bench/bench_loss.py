@@ -1,17 +1,19 @@
-"""grpo_loss forward+backward and token_logprobs: our kernels vs the torch reference vs torch.compile of it
-(vs Liger's Triton GRPO loss when installed, on GPU), in ms, GB/s and % of the measured copy rate.
+"""grpo_loss forward+backward and token_logprobs forward: our kernels vs the torch reference vs
+torch.compile of the reference, in ms, effective GB/s and % of the measured copy rate.
 
-    python -m bench.bench_loss [--quick] [--threads N] [--dtypes float32,bfloat16] [--rounds 5]
+    python -m bench.bench_loss [--quick] [--threads N] [--shapes 4096x32000,1024x151936] [--dtypes fp32,bf16]
+                               [--providers cpu,torch,compile] [--ops grpo_loss,token_logprobs] [--reps R]
+                               [--warmup W] [--out CSV]
 
-Bytes moved (written down; the same count is used for every provider, i.e. effective bandwidth):
-  grpo_loss fwd+bwd: 3 N V e   (forward reads the logits once; backward reads them and writes dlogits)
-  token_logprobs:      N V e   (one read)
-O(N) per-token terms (targets, logprobs, mask) are left out: they are < 0.1% at V >= 32000.
+Providers: `cpu` / `cuda` / `triton` = grpo.ops with backend=...; `torch` = grpo.ops with backend="torch"
+(the eager reference); `compile` = torch.compile(grpo.ops.grpo_loss_ref / token_logprobs_ref). Shapes are
+N x V with N = B sequences x T = 256 tokens. Each case draws one batch, checks every provider against the
+first (that call also warms it up and compiles), then times interleaved rounds and reports p20/p50/p80.
+Rows are appended to bench/results/bench_loss.csv.
 """
 from __future__ import annotations
 
 import argparse
-import gc
 
 from bench import common  # sets THP_MEM_ALLOC_ENABLE before torch allocates
 
@@ -20,144 +22,275 @@ import torch  # noqa: E402
 from grpo import ops  # noqa: E402
 from grpo.ops import LossConfig, grpo_loss_ref, token_logprobs_ref  # noqa: E402
 
-FULL_SHAPES = [(4096, 32000), (1024, 151936)]
-QUICK_SHAPES = [(512, 32000)]
-GPU_SHAPES = [(16384, 151936), (4096, 32000)]
-T = 256  # tokens per sequence: N = B * T
+OPS = ("grpo_loss", "token_logprobs")
+OURS = ("cpu", "cuda", "triton")  # grpo.ops backends; the first one present is the ratios' base
+BACKEND_OF = {"cpu": "cpu", "cuda": "cuda", "triton": "triton", "torch": "torch", "compile": "inductor"}
+FULL_SHAPES = {"cpu": [(4096, 32000), (1024, 151936)], "cuda": [(16384, 151936), (4096, 32000)]}
+QUICK_SHAPES = {"cpu": [(512, 32000)], "cuda": [(4096, 32000)]}
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+          "fp16": torch.float16, "float16": torch.float16}
+SEQ_LEN = 256  # T: tokens per sequence, N = B * T
 
 
-def bytes_moved(op, N, V, dtype):
-    e = torch.finfo(dtype).bits // 8
-    return (3 if op == "grpo_loss" else 1) * N * V * e
+def bytes_moved(op: str, B: int, T: int, V: int, dtype) -> int:
+    """Written-down bytes of the fused kernels, used for every provider (effective bandwidth).
+
+    grpo_loss fwd+bwd: pass 1 (forward) reads the logits once (row max, log-sum-exp, target logit, then the
+    per-token loss and g = dLoss/dlogp); pass 2 (backward) reads the logits again and writes dlogits:
+    3 N V e. O(N) terms: targets int64 read in both passes (16 N), mask bool (N), old_logp fp32 (4 N),
+    advantages fp32 (4 B); the loss and metrics are O(1).
+    token_logprobs fwd: one read of the logits, N V e, plus targets int64 read (8 N) and logp fp32 written
+    (4 N). The torch reference moves several times more (it materializes [N, V] temporaries); that is
+    exactly what the effective-bandwidth comparison shows.
+    """
+    N, e = B * T, torch.finfo(dtype).bits // 8
+    if op == "grpo_loss":
+        return 3 * N * V * e + N * (16 + 1 + 4) + 4 * B
+    return N * V * e + N * (8 + 4)
 
 
-def make_batch(N, V, dtype, device):
-    B = max(1, N // T)
-    Tn = N // B
-    g = torch.Generator().manual_seed(0)
-    logits = (torch.randn(B, Tn, V, generator=g) * 2).to(dtype).to(device)
-    targets = torch.randint(0, V, (B, Tn), generator=g).to(device)
-    mask = torch.ones(B, Tn, dtype=torch.bool, device=device)
-    adv = torch.randn(B, generator=g).to(device)
-    old = (torch.randn(B, Tn, generator=g) * 0.1 - 10).to(device)
-    return logits, targets, mask, adv, old
+def seq_shape(N: int) -> tuple:
+    """(B, T): B = N // 256 sequences of T = 256 tokens (one sequence of N tokens when N < 256)."""
+    if N < SEQ_LEN:
+        return 1, N
+    if N % SEQ_LEN:
+        raise ValueError(f"--shapes: N = {N} must be < {SEQ_LEN} or a multiple of {SEQ_LEN}")
+    return N // SEQ_LEN, SEQ_LEN
 
 
-def loss_providers(batch, backends, with_compile):
-    logits, targets, mask, adv, old = batch
+def make_batch(B: int, T: int, V: int, dtype, device, seed: int = 0) -> dict:
+    """Random inputs on `device`: logits ~ 2 N(0, 1) in `dtype`; completion lengths in [T/2, T] (mask);
+    old_logp = logp + 0.05 N(0, 1), so ratios sit near 1 and some tokens clip, as in a real step."""
+    kw = dict(generator=torch.Generator(device=device).manual_seed(seed), device=device)
+    logits = (torch.randn(B, T, V, **kw) * 2).to(dtype)
+    targets = torch.randint(0, V, (B, T), **kw)
+    lengths = torch.randint(max(1, T // 2), T + 1, (B, 1), **kw)
+    mask = torch.arange(T, device=device).unsqueeze(0) < lengths
+    adv = torch.randn(B, **kw)
+    with torch.no_grad():
+        logp = ops.token_logprobs(logits, targets, backend="torch")
+    old = logp + 0.05 * torch.randn(B, T, **kw)
+    return dict(logits=logits, targets=targets, mask=mask, advantages=adv, old_logp=old)
+
+
+def make_fns(op: str, names: list, batch: dict) -> dict:
+    """name -> f(logits) for the requested providers: the loss tensor (grpo_loss) or logp (token_logprobs).
+    `compile` wraps the reference function itself (dynamic=False, one graph per shape and dtype)."""
     cfg = LossConfig()
+    t, m, a, old = batch["targets"], batch["mask"], batch["advantages"], batch["old_logp"]
+    fns = {}
+    for name in names:
+        if op == "grpo_loss":
+            if name == "compile":
+                ref = torch.compile(grpo_loss_ref, dynamic=False)
+                fns[name] = lambda x, f=ref: f(x, t, m, a, old_logp=old, config=cfg).loss
+            else:
+                fns[name] = lambda x, b=BACKEND_OF[name]: ops.grpo_loss(x, t, m, a, old_logp=old, config=cfg,
+                                                                         backend=b).loss
+        elif name == "compile":
+            ref = torch.compile(token_logprobs_ref, dynamic=False)
+            fns[name] = lambda x, f=ref: f(x, t)
+        else:
+            fns[name] = lambda x, b=BACKEND_OF[name]: ops.token_logprobs(x, t, backend=b)
+    return fns
 
-    def fwd_bwd(fn):
+
+def timed(op: str, f, logits):
+    """The call that is timed. grpo_loss: a fresh leaf (so no gradient accumulates across calls), forward,
+    backward; the gradient is freed on return. token_logprobs: forward under no_grad."""
+    if op == "grpo_loss":
         def run():
             x = logits.detach().requires_grad_()
-            fn(x).backward()
-        return run
-
-    provs = {f"grpo.{b}": fwd_bwd(lambda x, b=b: ops.grpo_loss(x, targets, mask, adv, old_logp=old, config=cfg,
-                                                                 backend=b).loss) for b in backends}
-    provs["torch"] = fwd_bwd(lambda x: grpo_loss_ref(x, targets, mask, adv, old_logp=old, config=cfg).loss)
-    if with_compile:
-        compiled = torch.compile(grpo_loss_ref)
-        provs["torch.compile"] = fwd_bwd(lambda x: compiled(x, targets, mask, adv, old_logp=old, config=cfg).loss)
-    liger = _liger_loss(batch)
-    if liger is not None:
-        provs["liger"] = fwd_bwd(liger)
-    return provs
+            f(x).backward()
+    else:
+        def run():
+            with torch.no_grad():
+                f(logits)
+    return run
 
 
-def _liger_loss(batch):
-    """Liger's Triton GRPO loss (GPU only) when liger-kernel is installed, else None."""
-    logits = batch[0]
-    if not logits.is_cuda:
-        return None
-    try:
-        from liger_kernel.chunked_loss.grpo_loss import triton_grpo_loss  # noqa: F401
-    except ImportError:
+def evaluate(op: str, f, logits) -> tuple:
+    """One untimed call: (value, grad or None) as float32 tensors, for the cross-provider check."""
+    if op == "grpo_loss":
+        x = logits.detach().requires_grad_()
+        loss = f(x)
+        loss.backward()
+        return loss.detach().float(), x.grad
+    with torch.no_grad():
+        return f(logits).float(), None
+
+
+def max_abs_diff(a, b, rows: int = 256) -> float:
+    """max |a - b| over [N, V] tensors in float32, a few rows at a time (no full-size temporaries)."""
+    a2, b2 = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
+    out = 0.0
+    for i in range(0, a2.shape[0], rows):
+        d = (a2[i:i + rows].float() - b2[i:i + rows].float()).abs().max()
+        out = max(out, float(d))
+    return out
+
+
+def check_and_warm(op: str, fns: dict, logits) -> tuple:
+    """Calls each provider once (warm-up; torch.compile compiles here) and compares its output with the
+    first provider's: max |d value| and max |d grad| (keeping at most two gradients alive). A provider
+    that raises is dropped and its error recorded. Returns (working fns, errors, diffs)."""
+    ok, errors, diffs, base = {}, {}, {}, None
+    for name, f in fns.items():
         try:
-            from liger_kernel.transformers.grpo_loss import triton_grpo_loss  # noqa: F401
-        except ImportError:
-            return None
-    _, targets, mask, adv, old = batch
-    # Liger's kernel expects logits with one extra position (it drops the last), as TRL's model output.
-    return lambda x: triton_grpo_loss(torch.nn.functional.pad(x, (0, 0, 0, 1)), old, None, targets, mask.int(),
-                                      advantages=adv, temperature=1.0, beta=0.0, eps_low=0.2, eps_high=0.2)[0]
+            val, grad = evaluate(op, f, logits)
+        except Exception as e:  # noqa: BLE001 -- a failing provider (e.g. compile) is recorded, not fatal
+            errors[name] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+            continue
+        ok[name] = f
+        if base is None:
+            base = (name, val, grad)
+            continue
+        dv = float((val - base[1]).abs().max())
+        dg = max_abs_diff(grad, base[2]) if grad is not None else float("nan")
+        diffs[name] = (base[0], dv, dg)
+        del val, grad
+    return ok, errors, diffs
 
 
-def logprob_providers(batch, backends, with_compile):
-    logits, targets = batch[0], batch[1]
-    provs = {f"grpo.{b}": (lambda b=b: ops.token_logprobs(logits, targets, backend=b)) for b in backends}
-    provs["torch"] = lambda: token_logprobs_ref(logits, targets)
-    if with_compile:
-        compiled = torch.compile(token_logprobs_ref)
-        provs["torch.compile"] = lambda: compiled(logits, targets)
-    return provs
+def run_case(op: str, B: int, T: int, V: int, dtype, device, names: list, reps: int, warmup: int) -> dict:
+    """One (op, shape, dtype): batch, check + warm-up, interleaved timed rounds. Returns a result dict."""
+    batch = make_batch(B, T, V, dtype, device)
+    logits = batch["logits"]
+    fns, errors, diffs = check_and_warm(op, make_fns(op, names, batch), logits)
+    common.sync(device)
+    runs = {k: timed(op, f, logits) for k, f in fns.items()}
+    times = common.interleaved(runs, device, reps, max(0, warmup - 1)) if runs else {}
+    del runs, fns, batch, logits
+    torch._dynamo.reset()  # drop the compiled graphs (and their buffers) of this case
+    common.free_memory(device)
+    return dict(op=op, B=B, T=T, V=V, dtype=dtype, times=times, errors=errors, diffs=diffs,
+                nbytes=bytes_moved(op, B, T, V, dtype))
 
 
-def run_case(sink, op, N, V, dtype, device, backends, rounds, with_compile, ceiling):
-    batch = make_batch(N, V, dtype, device)
-    make = loss_providers if op == "grpo_loss" else logprob_providers
-    grad = torch.enable_grad() if op == "grpo_loss" else torch.no_grad()
-    with grad:
-        provs = make(batch, backends, with_compile)
-        for name in [k for k in provs if k == "torch.compile"]:
-            try:  # compile outside the timed rounds; drop the provider if it does not compile
-                provs[name]()
-            except Exception as e:  # noqa: BLE001
-                print(f"  {name} failed to compile ({type(e).__name__}: {e}); skipped")
-                provs.pop(name)
-        q = common.interleaved(provs, device, rounds)
-    nbytes = bytes_moved(op, N, V, dtype)
-    shape = f"N={N},V={V}"
-    rows = {}
-    for name, (p20, p50, p80) in q.items():
-        backend = name.split(".", 1)[1] if name.startswith("grpo.") else name
-        sink.add(op, name, backend, dtype, shape, "time", "ms", p20 * 1e3, p50 * 1e3, p80 * 1e3)
-        bw = [nbytes / t / 1e9 for t in (p80, p50, p20)]
-        sink.add(op, name, backend, dtype, shape, "bandwidth", "GB/s", *bw)
-        sink.add(op, name, backend, dtype, shape, "pct_of_copy", "%", *[100 * b / ceiling for b in bw])
-        rows[name] = (p50 * 1e3, bw[1], 100 * bw[1] / ceiling)
-    del batch, provs
-    gc.collect()
-    return rows
+def shape_str(r: dict) -> str:
+    return f"N={r['B'] * r['T']},V={r['V']},B={r['B']},T={r['T']}"
 
 
-def print_table(op, shape, dtype, rows):
-    ours = [k for k in rows if k.startswith("grpo.")]
-    base = rows[ours[0]][0] if ours else None
-    for name, (ms, gbs, pct) in rows.items():
-        ratio = f"{ms / base:6.2f}x" if base else ""
-        print(f"{op:15s} {shape:18s} {str(dtype)[6:]:9s} {name:14s} {ms:10.2f} ms {gbs:8.2f} GB/s {pct:6.1f}% "
-              f"{ratio} of {ours[0] if ours else ''}")
+def record(sink, r: dict, ceiling: float):
+    """CSV rows of one case: per provider time (ms), bandwidth (GB/s), pct_of_copy (%), the per-round
+    time ratio to our first backend (x), and an `error` row for a provider that failed (e.g. compile)."""
+    op, dt, shape, times = r["op"], r["dtype"], shape_str(r), r["times"]
+    base = next((k for k in times if k in OURS), None)
+    for name, ts in times.items():
+        p20, p50, p80 = common.quantiles(ts)
+        bw = [r["nbytes"] / t / 1e9 for t in (p80, p50, p20)]
+        row = (op, name, BACKEND_OF[name], dt, shape)
+        sink.add(*row, "time", "ms", p20 * 1e3, p50 * 1e3, p80 * 1e3)
+        sink.add(*row, "bandwidth", "GB/s", *bw)
+        sink.add(*row, "pct_of_copy", "%", *[100 * b / ceiling for b in bw])
+        if base is not None and name != base:
+            sink.add(*row, f"time_ratio_vs_{base}", "x", *common.paired_ratios(ts, times[base]))
+        if name in r["diffs"]:
+            ref, dv, dg = r["diffs"][name]
+            sink.add(*row, f"max_abs_diff_value_vs_{ref}", "abs", None, dv, None)
+            if dg == dg:  # not NaN: the op has a gradient
+                sink.add(*row, f"max_abs_diff_grad_vs_{ref}", "abs", None, dg, None)
+    for name, msg in r["errors"].items():
+        sink.add(op, name, BACKEND_OF[name], dt, shape, "error", msg.replace("\n", " "), None, None, None)
+
+
+def print_case(r: dict, ceiling: float):
+    """Table lines of one case: p20/p50/p80 ms, GB/s and % of copy at the median, time / ours."""
+    times = r["times"]
+    base = next((k for k in times if k in OURS), None)
+    for name, ts in times.items():
+        p20, p50, p80 = common.quantiles(ts)
+        gbs = r["nbytes"] / p50 / 1e9
+        ratio = f"{p50 / common.quantiles(times[base])[1]:7.2f}x" if base else ""
+        diff = r["diffs"].get(name)
+        chk = f"  max|d value| {diff[1]:.1e}" if diff else ""
+        chk += f" |d grad| {diff[2]:.1e}" if diff and diff[2] == diff[2] else ""
+        chk += f" vs {diff[0]}" if diff else ""
+        print(f"{r['op']:15s} {shape_str(r):28s} {common.dtype_name(r['dtype']):9s} {name:8s} "
+              f"{p20 * 1e3:9.2f} {p50 * 1e3:9.2f} {p80 * 1e3:9.2f} {gbs:8.2f} {100 * gbs / ceiling:7.1f}% "
+              f"{ratio}{chk}", flush=True)
+    for name, msg in r["errors"].items():
+        print(f"{r['op']:15s} {shape_str(r):28s} {common.dtype_name(r['dtype']):9s} {name:8s} FAILED: {msg}",
+              flush=True)
+
+
+def print_ratios(results: list):
+    """Speed-ups of our backend per case: p50(provider) / p50(ours), and in brackets the median of the
+    per-round ratios (each round runs every provider once, back to back)."""
+    print("\nratios: provider time / our time (p50/p50 [median of per-round ratios])")
+    for r in results:
+        times = r["times"]
+        base = next((k for k in times if k in OURS), None)
+        if base is None:
+            continue
+        b50 = common.quantiles(times[base])[1]
+        parts = [f"{k}/{base} = {common.quantiles(ts)[1] / b50:5.2f}x "
+                 f"[{common.paired_ratios(ts, times[base])[1]:5.2f}x]" for k, ts in times.items() if k != base]
+        parts += [f"{k}/{base} = failed" for k in r["errors"]]
+        print(f"  {r['op']:15s} {shape_str(r):28s} {common.dtype_name(r['dtype']):9s} " + "   ".join(parts))
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="small shapes (N=512, V=32000 on CPU), 5 rounds (~1 min)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--shapes", default=None, help="comma-separated NxV, e.g. 4096x32000,1024x151936")
+    p.add_argument("--dtypes", default="fp32,bf16", help="comma-separated: fp32, bf16, fp16")
+    p.add_argument("--providers", default=None,
+                   help="comma-separated from cpu, cuda, triton, torch, compile (default: ours, torch, compile)")
+    p.add_argument("--ops", default=",".join(OPS), help="comma-separated from " + ", ".join(OPS))
+    p.add_argument("--reps", type=int, default=None, help="timed rounds per provider (default 15, quick 5)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls per provider (the first one checks)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--out", default=None, help="CSV to append to (default bench/results/bench_loss.csv)")
+    a = p.parse_args(argv)
+    a.device = a.device or common.default_device()
+    dev = torch.device(a.device).type
+    ours = ["cpu"] if dev == "cpu" else ["cuda"] + (["triton"] if ops._backend.triton_available() else [])
+    a.providers = a.providers.split(",") if a.providers else ours + ["torch", "compile"]
+    for name in a.providers:
+        if name not in BACKEND_OF:
+            p.error(f"--providers: unknown {name!r}; expected some of {', '.join(BACKEND_OF)}")
+    a.ops = a.ops.split(",")
+    if any(o not in OPS for o in a.ops):
+        p.error(f"--ops: expected some of {', '.join(OPS)}, got {a.ops}")
+    try:
+        a.dtypes = [DTYPES[d] for d in a.dtypes.split(",")]
+        a.shapes = ([tuple(int(v) for v in s.lower().split("x")) for s in a.shapes.split(",")] if a.shapes
+                    else (QUICK_SHAPES if a.quick else FULL_SHAPES)[dev])
+        a.shapes = [(*seq_shape(N), V) for N, V in a.shapes]
+    except (KeyError, ValueError) as e:
+        p.error(f"--dtypes / --shapes: {e}")
+    a.reps = a.reps or (5 if a.quick else 15)
+    return a
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="small shapes, 3 rounds, no torch.compile (~1 min)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's default)")
-    p.add_argument("--dtypes", default="float32,bfloat16")
-    p.add_argument("--ops", default="grpo_loss,token_logprobs")
-    p.add_argument("--rounds", type=int, default=None, help="timed rounds per provider (default 5, quick 3)")
-    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile provider")
-    p.add_argument("--out", default=None, help="CSV path (default bench/results/bench_loss.csv)")
-    a = p.parse_args(argv)
-    threads = common.set_threads(a.threads)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    backends = ["cpu"] if device == "cpu" else ["cuda"] + (["triton"] if ops._backend.triton_available() else [])
-    shapes = QUICK_SHAPES if a.quick else (GPU_SHAPES if device == "cuda" else FULL_SHAPES)
-    rounds = a.rounds or (3 if a.quick else 5)
-    ceiling = common.copy_bandwidth(device)
-    sink = common.CsvSink("bench_loss", "kernels", device, a.out)
-    print(f"device: {common.device_name(device)}  threads: {threads}  copy ceiling: {ceiling:.2f} GB/s  "
-          f"({common.versions()}, rev {common.git_rev()})")
-    sink.add("copy", "torch", "torch", "float32", "512MiB", "bandwidth", "GB/s", ceiling, ceiling, ceiling)
-    for op in a.ops.split(","):
-        for N, V in shapes:
-            for dt in a.dtypes.split(","):
-                dtype = getattr(torch, dt)
-                rows = run_case(sink, op, N, V, dtype, device, backends, rounds,
-                                not a.quick and not a.no_compile, ceiling)
-                print_table(op, f"N={N},V={V}", dtype, rows)
-    print(f"wrote {sink.flush()} rows to {sink.path}")
+    a = parse_args(argv)
+    threads = common.set_threads(a.threads)  # before any work, the copy ceiling included
+    sink = common.CsvSink("bench_loss", "kernels", a.device, a.out)
+    ceiling = common.copy_bandwidth(a.device)
+    print(f"device: {common.device_name(a.device)}  threads: {threads}  {common.versions()}  "
+          f"rev {common.git_rev()}\ncopy ceiling (dst.copy_(src), 512 MiB, read+write): p50 {ceiling[1]:.2f} GB/s "
+          f"(p20-p80 {ceiling[0]:.2f}-{ceiling[2]:.2f})  reps {a.reps}, warm-up {a.warmup}", flush=True)
+    sink.add("memcpy", "torch", "torch", "float32", "512MiB,start", "bandwidth", "GB/s", *ceiling)
+    print(f"\n{'op':15s} {'shape':28s} {'dtype':9s} {'provider':8s} {'p20 ms':>9s} {'p50 ms':>9s} {'p80 ms':>9s} "
+          f"{'GB/s':>8s} {'%copy':>8s} {'x ours':>8s}")
+    results = []
+    for op in a.ops:
+        for B, T, V in a.shapes:
+            for dtype in a.dtypes:
+                r = run_case(op, B, T, V, dtype, a.device, a.providers, a.reps, a.warmup)
+                record(sink, r, ceiling[1])
+                sink.flush()
+                print_case(r, ceiling[1])
+                results.append(r)
+    print_ratios(results)
+    end = common.copy_bandwidth(a.device)
+    sink.add("memcpy", "torch", "torch", "float32", "512MiB,end", "bandwidth", "GB/s", *end)
+    print(f"\ncopy ceiling at the end: p50 {end[1]:.2f} GB/s (start {ceiling[1]:.2f}); % of copy uses the start")
+    n = sink.flush()
+    print(f"appended rows to {sink.path} (last flush {n})")
 
 
 if __name__ == "__main__":

@@ -1,106 +1,173 @@
-"""Shared benchmark plumbing: interleaved timing with medians, the memcpy ceiling, hardware and version
-facts, and CSV rows (suite, op, provider, backend, dtype, shape, metric, unit, p20, p50, p80, device,
-threads, versions, git revision, timestamp)."""
+"""Shared benchmark plumbing, reused by every bench/bench_*.py:
+
+- threads: `set_threads` (torch + OMP_NUM_THREADS + Inductor's C++ kernels, one count for all providers);
+- timing: `time_call` (perf_counter on CPU, CUDA events on GPU), `interleaved` (providers alternate within
+  every round, warm-up first), `quantiles` (p20, p50, p80) and `paired_ratios` (per-round time ratios);
+- the ceiling: `copy_bandwidth`, the measured copy rate `dst.copy_(src)` counting read + write;
+- facts: `device_name`, `versions`, `git_rev`, `timestamp`;
+- rows: `CsvSink` appends to bench/results/<name>.csv (header written when the file is new) with COLUMNS.
+"""
 from __future__ import annotations
 
 import csv
 import datetime
+import math
 import os
 import platform
 import subprocess
 import time
 
-# Large CPU tensors take transparent huge pages (fewer TLB misses and page faults in this VM); set before
-# torch allocates anything, and it applies to every provider alike.
+# Large CPU tensors get transparent huge pages (madvise) from torch's allocator: fewer page faults and TLB
+# misses in this VM. Set before torch allocates anything; it applies to every provider alike.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 import torch  # noqa: E402
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, "bench", "results")
 COLUMNS = ["suite", "op", "provider", "backend", "dtype", "shape", "metric", "unit", "p20", "p50", "p80",
            "device", "threads", "versions", "git_rev", "timestamp"]
 
 
-def set_threads(n: int | None) -> int:
-    if n:
-        os.environ["OMP_NUM_THREADS"] = str(n)
-        torch.set_num_threads(n)
+# --- threads and devices ------------------------------------------------------------------------------
+def all_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def set_threads(n: int | None = None) -> int:
+    """Uses `n` threads (default: all cores) everywhere: OMP_NUM_THREADS (child processes, OpenMP runtimes
+    loaded later), torch.set_num_threads (ATen and grpo._C, which reads torch.get_num_threads()), and
+    Inductor's generated C++ kernels (pinned, so a cached kernel built for another count is not reused)."""
+    n = n or all_cores()
+    os.environ["OMP_NUM_THREADS"] = str(n)
+    torch.set_num_threads(n)
+    try:
+        import torch._inductor.config as inductor_config
+        inductor_config.cpp.threads = n
+    except (ImportError, AttributeError):
+        pass
     return torch.get_num_threads()
 
 
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def is_cuda(device) -> bool:
+    return torch.device(device).type == "cuda"
+
+
 def sync(device):
-    if torch.device(device).type == "cuda":
+    if is_cuda(device):
         torch.cuda.synchronize()
 
 
-def time_once(fn, device) -> float:
-    """Seconds for one call: CUDA events on GPU, perf_counter on CPU."""
-    if torch.device(device).type == "cuda":
+def free_memory(device):
+    """Returns freed blocks to the system between cases (the CUDA caching allocator keeps them)."""
+    import gc
+    gc.collect()
+    if is_cuda(device):
+        torch.cuda.empty_cache()
+
+
+# --- timing -------------------------------------------------------------------------------------------
+def time_call(fn, device) -> float:
+    """Wall seconds of one call: CUDA events around it on GPU (synchronized), perf_counter on CPU."""
+    if is_cuda(device):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         fn()
         end.record()
-        torch.cuda.synchronize()
+        end.synchronize()
         return start.elapsed_time(end) / 1e3
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
 
 
-def quantiles(xs):
-    t = torch.tensor(xs, dtype=torch.float64)
-    return tuple(float(torch.quantile(t, q)) for q in (0.2, 0.5, 0.8))
-
-
-def interleaved(fns: dict, device, rounds: int, warmup: int = 1) -> dict:
-    """Times each provider `rounds` times, alternating providers within every round (so drift in the
-    machine's speed hits all of them alike). Returns name -> (p20, p50, p80) seconds."""
+def interleaved(fns: dict, device, reps: int, warmup: int = 1) -> dict:
+    """Calls every provider `warmup` times, then times `reps` rounds; within a round the providers run
+    one after the other (A, B, C, A, B, C, ...), so a drift in the machine's speed hits all of them alike.
+    Returns name -> list of per-call seconds (round order kept, for paired ratios)."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
         sync(device)
     times = {k: [] for k in fns}
-    for _ in range(rounds):
+    for _ in range(reps):
         for k, fn in fns.items():
-            times[k].append(time_once(fn, device))
-    return {k: quantiles(v) for k, v in times.items()}
+            times[k].append(time_call(fn, device))
+    return times
 
 
-def copy_bandwidth(device, nbytes=512 * 2**20, rounds=7) -> float:
-    """Measured copy rate in GB/s, counting read + write (2 x size): the memory ceiling on this machine."""
-    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).fill_(1.0)
-    dst = torch.empty_like(src)
-    q = interleaved({"copy": lambda: dst.copy_(src)}, device, rounds, warmup=2)["copy"]
-    return 2 * nbytes / q[1] / 1e9
+def quantiles(xs, qs=(0.2, 0.5, 0.8)) -> tuple:
+    """Linearly interpolated quantiles (p20, p50, p80 by default) of a non-empty list."""
+    s = sorted(xs)
+    out = []
+    for q in qs:
+        pos = q * (len(s) - 1)
+        lo, hi = math.floor(pos), math.ceil(pos)
+        out.append(s[lo] + (s[hi] - s[lo]) * (pos - lo))
+    return tuple(out)
 
 
+def paired_ratios(num: list, den: list) -> tuple:
+    """(p20, p50, p80) of the per-round ratios num[r] / den[r]: robust to drift between rounds."""
+    return quantiles([a / b for a, b in zip(num, den)])
+
+
+def copy_bandwidth(device, nbytes: int = 512 * 2**20, reps: int = 9, warmup: int = 2) -> tuple:
+    """The memory ceiling: GB/s of `dst.copy_(src)` on a `nbytes` buffer, counting read + write (2 x size),
+    at the current thread count. Returns (p20, p50, p80) in GB/s (p20 = the slow end)."""
+    src = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
+    dst = torch.zeros_like(src)
+    ts = interleaved({"copy": lambda: dst.copy_(src)}, device, reps, warmup)["copy"]
+    del src, dst
+    free_memory(device)
+    return tuple(2 * nbytes / t / 1e9 for t in reversed(quantiles(ts)))
+
+
+# --- facts --------------------------------------------------------------------------------------------
 def device_name(device) -> str:
-    if torch.device(device).type == "cuda":
+    """GPU name, or the CPU model from /proc/cpuinfo with the core count."""
+    if is_cuda(device):
         return torch.cuda.get_device_name(torch.device(device))
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip() + f" x{os.cpu_count()}"
+                    return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
     except OSError:
         pass
     return platform.processor() or "cpu"
 
 
 def git_rev() -> str:
+    """`git rev-parse --short HEAD` of the repository (+dirty when tracked files differ), or "unknown"."""
     try:
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True).stdout.strip()
-        return out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 else "unknown"
-    except OSError:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=10)
+        if out.returncode != 0:
+            return "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return out.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
         return "unknown"
 
 
 def versions() -> str:
-    import grpo
-    v = [f"torch {torch.__version__}", f"grpo {grpo.__version__}"]
+    """torch, grpo (package version and git revision) and, where installed, triton."""
+    v = [f"torch {torch.__version__}"]
+    try:
+        import grpo
+        v.append(f"grpo {getattr(grpo, '__version__', '?')}@{git_rev()}")
+    except ImportError:
+        pass
     try:
         import triton
         v.append(f"triton {triton.__version__}")
@@ -109,26 +176,38 @@ def versions() -> str:
     return "; ".join(v)
 
 
+def timestamp() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def dtype_name(dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+# --- rows ---------------------------------------------------------------------------------------------
 class CsvSink:
-    """Appends rows to bench/results/<name>.csv (header written once)."""
+    """Collects rows and appends them to bench/results/<name>.csv (or `path`), header when the file is new.
+    The device, thread count, versions, git revision and timestamp are fixed at creation (one run)."""
 
     def __init__(self, name: str, suite: str, device, path: str | None = None):
         self.path = path or os.path.join(RESULTS, f"{name}.csv")
         self.suite = suite
-        self.common = dict(device=device_name(device), threads=torch.get_num_threads(), versions=versions(),
-                           git_rev=git_rev(), timestamp=datetime.datetime.now(datetime.timezone.utc).isoformat(
-                               timespec="seconds"))
+        self.fixed = dict(device=device_name(device), threads=torch.get_num_threads(), versions=versions(),
+                          git_rev=git_rev(), timestamp=timestamp())
         self.rows = []
 
     def add(self, op, provider, backend, dtype, shape, metric, unit, p20, p50, p80):
-        row = dict(suite=self.suite, op=op, provider=provider, backend=backend, dtype=str(dtype).replace("torch.", ""),
-                   shape=shape, metric=metric, unit=unit, p20=f"{p20:.6g}", p50=f"{p50:.6g}", p80=f"{p80:.6g}",
-                   **self.common)
-        self.rows.append(row)
+        fmt = lambda x: "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.6g}"  # noqa: E731
+        self.rows.append(dict(suite=self.suite, op=op, provider=provider, backend=backend,
+                              dtype=dtype if isinstance(dtype, str) else dtype_name(dtype), shape=shape,
+                              metric=metric, unit=unit, p20=fmt(p20), p50=fmt(p50), p80=fmt(p80), **self.fixed))
 
-    def flush(self):
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        new = not os.path.exists(self.path)
+    def flush(self) -> int:
+        """Appends the collected rows; returns how many."""
+        if not self.rows:
+            return 0
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        new = not os.path.exists(self.path) or os.path.getsize(self.path) == 0
         with open(self.path, "a", newline="") as f:
             w = csv.DictWriter(f, fieldnames=COLUMNS)
             if new:
