@@ -93,6 +93,16 @@ GRPO_HD float advantage_of(float r, GroupStats st, int64_t G, float std_used, in
   return centered / (std_used + eps);
 }
 
+// Advantages and the zero-variance flag of group g; batch_std is used when scale == kScaleBatch.
+GRPO_HD void advantages_of_group(const AdvantageParams& p, int64_t g, float batch_std) {
+  const float* r = p.rewards + g * p.G;
+  const GroupStats st = group_stats(r, p.G);
+  const float std_used = p.scale == kScaleBatch ? batch_std : st.std;
+  for (int64_t i = 0; i < p.G; ++i)
+    p.advantages[g * p.G + i] = advantage_of(r[i], st, p.G, std_used, p.scale, p.estimator, p.eps);
+  p.zero_std[g] = st.zero ? 1 : 0;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Row softmax statistics. Online form: state (m, s, t) with s = sum exp(z - m), t = sum exp(z - m)(z - m).
 struct RowStats {

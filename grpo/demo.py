@@ -6,12 +6,15 @@ side with the reference (loss, gradient agreement, which backend ran, how long i
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
-import torch
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # huge pages for large CPU tensors (fewer page faults)
 
-from grpo import ops
-from grpo.ops import LossConfig
+import torch  # noqa: E402
+
+from grpo import ops  # noqa: E402
+from grpo.ops import LossConfig  # noqa: E402
 
 
 def _make_batch(B, T, V, G, dtype, device, seed):

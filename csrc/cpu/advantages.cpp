@@ -18,14 +18,7 @@ void advantages(const AdvantageParams& p, int num_threads) {
     batch_std = (float)std::sqrt(ss / (double)(p.B - 1));
   }
 #pragma omp parallel for schedule(static) num_threads(num_threads) if (num_groups > 4096)
-  for (int64_t g = 0; g < num_groups; ++g) {
-    const float* r = p.rewards + g * p.G;
-    const GroupStats st = group_stats(r, p.G);
-    const float std_used = p.scale == kScaleBatch ? batch_std : st.std;
-    for (int64_t i = 0; i < p.G; ++i)
-      p.advantages[g * p.G + i] = advantage_of(r[i], st, p.G, std_used, p.scale, p.estimator, p.eps);
-    p.zero_std[g] = st.zero ? 1 : 0;
-  }
+  for (int64_t g = 0; g < num_groups; ++g) advantages_of_group(p, g, batch_std);
 }
 
 }  // namespace cpu

@@ -42,14 +42,7 @@ __global__ void __launch_bounds__(kAdvThreads) advantages_kernel(AdvantageParams
     batch_std = (float)sqrt(block_sum(ss, shared) / (double)(p.B - 1));
   }
   const int64_t num_groups = p.B / p.G;
-  for (int64_t g = threadIdx.x; g < num_groups; g += kAdvThreads) {
-    const float* r = p.rewards + g * p.G;
-    const GroupStats st = group_stats(r, p.G);
-    const float std_used = p.scale == kScaleBatch ? batch_std : st.std;
-    for (int64_t i = 0; i < p.G; ++i)
-      p.advantages[g * p.G + i] = advantage_of(r[i], st, p.G, std_used, p.scale, p.estimator, p.eps);
-    p.zero_std[g] = st.zero ? 1 : 0;
-  }
+  for (int64_t g = threadIdx.x; g < num_groups; g += kAdvThreads) advantages_of_group(p, g, batch_std);
 }
 
 std::string advantages(const AdvantageParams& p, void* stream) {
