@@ -269,6 +269,7 @@ def main(argv=None):
     a = parse_args(argv)
     threads = common.set_threads(a.threads)  # before any work, the copy ceiling included
     sink = common.CsvSink("bench_loss", "kernels", a.device, a.out)
+    print(common.busy_note(), flush=True)
     ceiling = common.copy_bandwidth(a.device)
     print(f"device: {common.device_name(a.device)}  threads: {threads}  {common.versions()}  "
           f"rev {common.git_rev()}\ncopy ceiling (dst.copy_(src), 512 MiB, read+write): p50 {ceiling[1]:.2f} GB/s "
@@ -289,6 +290,7 @@ def main(argv=None):
     end = common.copy_bandwidth(a.device)
     sink.add("memcpy", "torch", "torch", "float32", "512MiB,end", "bandwidth", "GB/s", *end)
     print(f"\ncopy ceiling at the end: p50 {end[1]:.2f} GB/s (start {ceiling[1]:.2f}); % of copy uses the start")
+    print(common.busy_note(), flush=True)
     n = sink.flush()
     print(f"appended rows to {sink.path} (last flush {n})")
 

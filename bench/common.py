@@ -53,6 +53,29 @@ def set_threads(n: int | None = None) -> int:
     return torch.get_num_threads()
 
 
+def cpu_busy(seconds: float = 1.0) -> float:
+    """Fraction (0..1) of all CPUs busy over `seconds` while this process sleeps, from /proc/stat: the
+    load other processes put on the machine (NaN where /proc/stat is missing)."""
+    def sample():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return sum(v), v[3] + v[4]  # total, idle + iowait
+    try:
+        t0, i0 = sample()
+        time.sleep(seconds)
+        t1, i1 = sample()
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+    return 1.0 - (i1 - i0) / max(1, t1 - t0)
+
+
+def busy_note(seconds: float = 1.0) -> str:
+    """One line on the machine's background load; flags it when over 10% (timings then skew)."""
+    b = cpu_busy(seconds)
+    flag = "  WARNING: other processes are busy, timings are skewed" if b > 0.10 else ""
+    return f"background CPU load: {100 * b:.0f}% of {all_cores()} cores{flag}"
+
+
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -29,13 +29,17 @@ def _make_batch(B, T, V, G, dtype, device, seed):
 
 
 def _run(backend, logits, targets, mask, adv, old, sampling, config):
-    x = logits.detach().clone().requires_grad_()
-    t0 = time.perf_counter()
-    out = ops.grpo_loss(x, targets, mask, adv, old_logp=old, sampling_logp=sampling, config=config, backend=backend)
-    out.loss.backward()
-    if x.is_cuda:
-        torch.cuda.synchronize()
-    return out, x.grad, time.perf_counter() - t0
+    """Forward + backward once to warm up, then once timed (median-free: this is a demo, not a benchmark)."""
+    for _ in range(2):
+        x = logits.detach().clone().requires_grad_()
+        t0 = time.perf_counter()
+        out = ops.grpo_loss(x, targets, mask, adv, old_logp=old, sampling_logp=sampling, config=config,
+                            backend=backend)
+        out.loss.backward()
+        if x.is_cuda:
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - t0
+    return out, x.grad, seconds
 
 
 def main(argv=None):
@@ -69,6 +73,7 @@ def main(argv=None):
         diff = (grad.float() - ref_grad.float()).abs().max().item()
         print(f"{be:10s} {ran:8s} {out.loss.item():12.6f} {diff:12.3e} {s * 1e3:9.1f}")
     print("metrics     " + ", ".join(f"{k}={v.item():.4g}" for k, v in out.metrics.items()))
+    print("(ms: forward + backward after one warm-up call; benchmarks: python -m bench.bench_loss)")
     print("The engine (grpo train) replaces this demo when it lands.")
 
 
