@@ -159,15 +159,34 @@ def run_case(op: str, B: int, T: int, V: int, dtype, device, names: list, reps: 
     fns, errors, diffs = check_and_warm(op, make_fns(op, names, batch), logits)
     common.sync(device)
     runs = {k: timed(op, f, logits) for k, f in fns.items()}
+    meter = common.LoadMeter()  # other processes' CPU share during the timed rounds (not the compile)
     times = common.interleaved(runs, device, reps, max(0, warmup - 1)) if runs else {}
     del runs, fns, batch, logits
     torch._dynamo.reset()  # drop the compiled graphs (and their buffers) of this case
     common.free_memory(device)
     return dict(op=op, B=B, T=T, V=V, dtype=dtype, times=times, errors=errors, diffs=diffs,
-                nbytes=bytes_moved(op, B, T, V, dtype))
+                nbytes=bytes_moved(op, B, T, V, dtype), background=meter.others())
+
+
+def run_quietest(a, op: str, B: int, T: int, V: int, dtype) -> dict:
+    """run_case, repeated up to `a.retries` more times while other processes took more than 10% of the
+    CPUs during its timed rounds (a shared machine); keeps the attempt with the least background load."""
+    best = None
+    for attempt in range(1 + a.retries):
+        r = run_case(op, B, T, V, dtype, a.device, a.providers, a.reps, a.warmup)
+        if best is None or r["background"] < best["background"]:
+            best = r
+        if r["background"] <= 0.10:
+            break
+        if attempt < a.retries:
+            print(f"{'':15s} (busy machine: {100 * r['background']:.0f}% background load; retrying "
+                  f"{op} {shape_str(r)} {common.dtype_name(dtype)})", flush=True)
+            common.wait_quiet(max(a.wait_quiet, 30.0))
+    return best
 
 
 def shape_str(r: dict) -> str:
+    """The `shape` column: N,V,B,T of a case."""
     return f"N={r['B'] * r['T']},V={r['V']},B={r['B']},T={r['T']}"
 
 
@@ -192,6 +211,7 @@ def record(sink, r: dict, ceiling: float):
                 sink.add(*row, f"max_abs_diff_grad_vs_{ref}", "abs", None, dg, None)
     for name, msg in r["errors"].items():
         sink.add(op, name, BACKEND_OF[name], dt, shape, "error", msg.replace("\n", " "), None, None, None)
+    sink.add(op, "machine", "-", dt, shape, "background_cpu_load", "%", None, 100 * r["background"], None)
 
 
 def print_case(r: dict, ceiling: float):
@@ -212,6 +232,8 @@ def print_case(r: dict, ceiling: float):
     for name, msg in r["errors"].items():
         print(f"{r['op']:15s} {shape_str(r):28s} {common.dtype_name(r['dtype']):9s} {name:8s} FAILED: {msg}",
               flush=True)
+    if r["background"] > 0.05:
+        print(f"{'':15s} (other processes took {100 * r['background']:.0f}% of the CPUs during this case)")
 
 
 def print_ratios(results: list):
@@ -231,6 +253,7 @@ def print_ratios(results: list):
 
 
 def parse_args(argv=None):
+    """Command line -> namespace with parsed lists: providers, ops, dtypes, shapes as (B, T, V)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small shapes (N=512, V=32000 on CPU), 5 rounds (~1 min)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
@@ -242,6 +265,10 @@ def parse_args(argv=None):
     p.add_argument("--reps", type=int, default=None, help="timed rounds per provider (default 15, quick 5)")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls per provider (the first one checks)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--wait-quiet", type=float, default=0.0, metavar="S",
+                   help="first wait up to S seconds for other processes to leave the CPUs idle")
+    p.add_argument("--retries", type=int, default=2,
+                   help="re-run a case up to this many times when other processes took > 10%% of the CPUs")
     p.add_argument("--out", default=None, help="CSV to append to (default bench/results/bench_loss.csv)")
     a = p.parse_args(argv)
     a.device = a.device or common.default_device()
@@ -266,9 +293,12 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
+    """Copy ceiling, every (op, shape, dtype) case, tables, ratios; rows appended after each case."""
     a = parse_args(argv)
     threads = common.set_threads(a.threads)  # before any work, the copy ceiling included
     sink = common.CsvSink("bench_loss", "kernels", a.device, a.out)
+    if a.wait_quiet > 0:
+        common.wait_quiet(a.wait_quiet)
     print(common.busy_note(), flush=True)
     ceiling = common.copy_bandwidth(a.device)
     print(f"device: {common.device_name(a.device)}  threads: {threads}  {common.versions()}  "
@@ -281,7 +311,7 @@ def main(argv=None):
     for op in a.ops:
         for B, T, V in a.shapes:
             for dtype in a.dtypes:
-                r = run_case(op, B, T, V, dtype, a.device, a.providers, a.reps, a.warmup)
+                r = run_quietest(a, op, B, T, V, dtype)
                 record(sink, r, ceiling[1])
                 sink.flush()
                 print_case(r, ceiling[1])

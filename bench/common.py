@@ -53,38 +53,70 @@ def set_threads(n: int | None = None) -> int:
     return torch.get_num_threads()
 
 
-def cpu_busy(seconds: float = 1.0) -> float:
-    """Fraction (0..1) of all CPUs busy over `seconds` while this process sleeps, from /proc/stat: the
-    load other processes put on the machine (NaN where /proc/stat is missing)."""
-    def sample():
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
-        return sum(v), v[3] + v[4]  # total, idle + iowait
-    try:
-        t0, i0 = sample()
-        time.sleep(seconds)
-        t1, i1 = sample()
-    except (OSError, ValueError, IndexError):
-        return float("nan")
-    return 1.0 - (i1 - i0) / max(1, t1 - t0)
+def _cpu_ticks() -> tuple:
+    """(all CPUs' ticks, idle ticks, this process's ticks incl. its threads and waited children)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
+    with open("/proc/self/stat") as f:
+        s = f.read().rsplit(")", 1)[1].split()  # s[11:15]: utime stime cutime cstime
+    return sum(v), v[3] + v[4], sum(int(x) for x in s[11:15])
+
+
+class LoadMeter:
+    """Share of all CPUs' time taken by *other* processes since creation (or `restart`): busy ticks minus
+    this process's own. On a shared 2-core machine it tells whether a timing was contaminated."""
+
+    def __init__(self):
+        self.restart()
+
+    def restart(self):
+        """Starts a new measurement window."""
+        try:
+            self.t0 = _cpu_ticks()
+        except (OSError, ValueError, IndexError):
+            self.t0 = None
+
+    def others(self) -> float:
+        """Fraction 0..1 (NaN without /proc)."""
+        if self.t0 is None:
+            return float("nan")
+        total, idle, mine = (b - a for a, b in zip(self.t0, _cpu_ticks()))
+        return min(1.0, max(0.0, (total - idle - mine) / max(1, total)))
 
 
 def busy_note(seconds: float = 1.0) -> str:
-    """One line on the machine's background load; flags it when over 10% (timings then skew)."""
-    b = cpu_busy(seconds)
+    """One line on the background load over `seconds` (this process sleeps); flags it above 10%."""
+    m = LoadMeter()
+    time.sleep(seconds)
+    b = m.others()
     flag = "  WARNING: other processes are busy, timings are skewed" if b > 0.10 else ""
     return f"background CPU load: {100 * b:.0f}% of {all_cores()} cores{flag}"
 
 
+def wait_quiet(max_seconds: float, threshold: float = 0.10, window: float = 3.0) -> float:
+    """Waits (up to `max_seconds`) until other processes use < `threshold` of the CPUs over `window`
+    seconds. Returns the last measured background load."""
+    deadline = time.monotonic() + max_seconds
+    while True:
+        m = LoadMeter()
+        time.sleep(window)
+        b = m.others()
+        if b < threshold or time.monotonic() >= deadline:
+            return b
+
+
 def default_device() -> str:
+    """"cuda" when a GPU is visible, else "cpu"."""
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def is_cuda(device) -> bool:
+    """Whether `device` (str or torch.device) is a CUDA device."""
     return torch.device(device).type == "cuda"
 
 
 def sync(device):
+    """Waits for queued GPU work (no-op on CPU)."""
     if is_cuda(device):
         torch.cuda.synchronize()
 
@@ -183,12 +215,23 @@ def git_rev() -> str:
         return "unknown"
 
 
+def extension_digest() -> str:
+    """Short sha256 of the built grpo._C library: tells builds apart when the sources are uncommitted."""
+    import glob
+    import hashlib
+    libs = sorted(glob.glob(os.path.join(ROOT, "grpo", "_C*.so")) + glob.glob(os.path.join(ROOT, "grpo", "_C*.pyd")))
+    if not libs:
+        return "none"
+    with open(libs[0], "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()[:10]
+
+
 def versions() -> str:
-    """torch, grpo (package version and git revision) and, where installed, triton."""
+    """torch, grpo (package version, git revision, digest of the built _C) and, where installed, triton."""
     v = [f"torch {torch.__version__}"]
     try:
         import grpo
-        v.append(f"grpo {getattr(grpo, '__version__', '?')}@{git_rev()}")
+        v.append(f"grpo {getattr(grpo, '__version__', '?')}@{git_rev()} _C {extension_digest()}")
     except ImportError:
         pass
     try:
@@ -200,10 +243,12 @@ def versions() -> str:
 
 
 def timestamp() -> str:
+    """UTC time now, ISO 8601 to the second."""
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def dtype_name(dtype) -> str:
+    """torch.bfloat16 -> "bfloat16"."""
     return str(dtype).replace("torch.", "")
 
 
@@ -220,6 +265,7 @@ class CsvSink:
         self.rows = []
 
     def add(self, op, provider, backend, dtype, shape, metric, unit, p20, p50, p80):
+        """Queues one row; None / NaN quantiles are written as "nan"."""
         fmt = lambda x: "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.6g}"  # noqa: E731
         self.rows.append(dict(suite=self.suite, op=op, provider=provider, backend=backend,
                               dtype=dtype if isinstance(dtype, str) else dtype_name(dtype), shape=shape,

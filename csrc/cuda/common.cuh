@@ -1,10 +1,14 @@
-// Shared CUDA helpers: dtype conversion, 16-byte vector loads, block reduction of row statistics.
+// Shared CUDA helpers: dtype conversion (scalar and 16-byte vectors), the online row-statistics update,
+// warp/block reductions, the two row passes (statistics; gradient) and the host-side launch helpers.
+// The per-element math is the shared grpo_math.h; see csrc/cpu/row.h for the C++ twin of the row passes.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <cfloat>
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <type_traits>
 
@@ -13,6 +17,8 @@
 namespace grpo {
 namespace cuda {
 
+// ---------------------------------------------------------------------------------------------
+// dtype <-> float. Stores round to nearest even (NaN stays NaN).
 __device__ __forceinline__ float to_f(float x) { return x; }
 __device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
 __device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
@@ -22,39 +28,133 @@ template <> __device__ __forceinline__ float from_f<float>(float x) { return x; 
 template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 template <> __device__ __forceinline__ __half from_f<__half>(float x) { return __float2half_rn(x); }
 
-// 16 bytes of T: 4 floats or 8 halves; rows whose start is 16-byte aligned take the vector path.
-template <typename T>
-struct alignas(16) Pack {
-  static constexpr int kN = 16 / sizeof(T);
-  T v[kN];
-};
+// Elements per 16-byte vector.
+template <typename T> struct Vec { static constexpr int kN = 16 / (int)sizeof(T); };
 
-template <typename T>
-__device__ __forceinline__ bool aligned16(const T* p) {
-  return (reinterpret_cast<uintptr_t>(p) & 15u) == 0;
+// 16-byte vector load/store; p must be 16-byte aligned. Halves convert a pair per instruction; bf16 is
+// the top half of a float, so its loads are shifts and masks. Stores go through __stwb (the default
+// write-back policy) because a plain vector store next to a scalar fallback, or of constant zeros, is
+// otherwise split into narrower stores by the optimizer.
+__device__ __forceinline__ void load_vec(const float* p, float (&f)[4]) {
+  const float4 v = *reinterpret_cast<const float4*>(p);
+  f[0] = v.x, f[1] = v.y, f[2] = v.z, f[3] = v.w;
 }
-
-// Fold one scaled logit into a thread's running (m, s, t); -inf never moves the state (p = 0).
-__device__ __forceinline__ void stats_push(RowStats& st, float z) {
-  if (z > st.m) {
-    if (st.s > 0.0f) {
-      const float dm = st.m - z;
-      const float c = fexp(dm);
-      st.t = (st.t + st.s * dm) * c;
-      st.s = st.s * c + 1.0f;
-    } else {
-      st.s = 1.0f;
-      st.t = 0.0f;
-    }
-    st.m = z;
-  } else if (z != -INFINITY) {  // NaN lands here and poisons s, as it should
-    const float d = z - st.m;
-    const float e = fexp(d);
-    st.s += e;
-    st.t += e > 0.0f ? e * d : 0.0f;
+__device__ __forceinline__ void load_vec(const __nv_bfloat16* p, float (&f)[8]) {
+  const uint4 v = *reinterpret_cast<const uint4*>(p);
+  const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) f[2 * i] = __uint_as_float(w[i] << 16), f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+}
+__device__ __forceinline__ void load_vec(const __half* p, float (&f)[8]) {
+  const uint4 v = *reinterpret_cast<const uint4*>(p);
+  __half2 h[4];
+  memcpy(h, &v, 16);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 f2 = __half22float2(h[i]);
+    f[2 * i] = f2.x, f[2 * i + 1] = f2.y;
   }
 }
+__device__ __forceinline__ void store_vec(float* p, const float (&f)[4]) {
+  __stwb(reinterpret_cast<float4*>(p), make_float4(f[0], f[1], f[2], f[3]));
+}
+__device__ __forceinline__ __nv_bfloat162 pack2(__nv_bfloat16*, float a, float b) { return __floats2bfloat162_rn(a, b); }
+__device__ __forceinline__ __half2 pack2(__half*, float a, float b) { return __floats2half2_rn(a, b); }
+template <typename T>  // bf16, fp16
+__device__ __forceinline__ void store_vec(T* p, const float (&f)[8]) {
+  decltype(pack2(p, 0.0f, 0.0f)) h[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) h[i] = pack2(p, f[2 * i], f[2 * i + 1]);
+  uint4 v;
+  memcpy(&v, h, 16);
+  __stwb(reinterpret_cast<uint4*>(p), v);
+}
 
+// Elements before the first 16-byte boundary of p (V when p is not even element-aligned: all scalar).
+template <typename T>
+__device__ __forceinline__ int head_elems(const T* p, int V) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  if (a % sizeof(T) != 0) return V;
+  const int h = (int)(((16u - (a & 15u)) & 15u) / sizeof(T));
+  return h < V ? h : V;
+}
+
+// ---------------------------------------------------------------------------------------------
+// exp for the row loops (arguments <= 0): fexp's ex2 path without its subnormal fix-up (5 -> 2
+// instructions). Results below 2^-126 flush to 0, as the CPU's vexp_nonpos does; -inf -> 0, NaN -> NaN.
+__device__ __forceinline__ float exp_row(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x * 1.44269504088896341f));
+  return y;
+}
+
+// z = x / T as scale_logit, split by type so T = 1 costs nothing in the loops. DivScale: q = x y,
+// r = x - q T (exact by fma), q + r y, with y = RN(1/T) computed once per row. By Markstein's theorem that
+// is the correctly rounded quotient, i.e. bit-identical to scale_logit's __fdiv_rn, whenever no step
+// overflows or goes subnormal: we take it for 2^-64 <= |x| <= 2^64 and 2^-32 <= T <= 2^32 (checked on
+// 2e8 random pairs with a C twin). Outside that it returns x y: exact for x = 0, +-inf and NaN, within an
+// ulp otherwise. __fdiv_rn itself runs the same correction but keeps a per-element slow-path call whose
+// calling convention spilled registers in the hot loops.
+struct NoScale {
+  __device__ __forceinline__ float operator()(float x) const { return x; }
+};
+struct DivScale {
+  float T, y, lo, hi;
+  __device__ __forceinline__ explicit DivScale(float t) {
+    T = t;
+    y = __fdiv_rn(1.0f, t);
+    const bool ok = t >= 0x1p-32f && t <= 0x1p32f;
+    lo = ok ? 0x1p-64f : INFINITY;
+    hi = ok ? 0x1p64f : 0.0f;
+  }
+  __device__ __forceinline__ float operator()(float x) const {
+    const float q = __fmul_rn(x, y);
+    const float r = __fmaf_rn(-q, T, x);
+    const float ax = fabsf(x);
+    return ax >= lo && ax <= hi ? __fmaf_rn(y, r, q) : q;
+  }
+};
+
+// Fold K scaled logits into a thread's (m, s, t): one max and at most one rescale per vector, then the
+// exps against the running max. Same m as folding RowStats{z, 1, 0} one by one; s and t differ only by
+// rounding. NaN never wins the max but reaches s through its exp; -inf adds nothing.
+template <bool kEnt, int K>
+__device__ __forceinline__ void stats_push(RowStats& st, const float (&z)[K]) {
+  float pm = z[0];
+#pragma unroll
+  for (int k = 1; k < K; ++k) pm = fmaxf(pm, z[k]);
+  if (pm > st.m) {
+    const float dm = st.m - pm;  // -inf for an empty state (c = 0)
+    const float c = exp_row(dm);
+    if (kEnt) st.t = st.s == 0.0f ? 0.0f : (st.t + st.s * dm) * c;  // as row_stats_merge
+    st.s *= c;
+    st.m = pm;
+  }
+  const float base = st.m == -INFINITY ? 0.0f : st.m;  // nothing finite yet: -inf -> 0, NaN stays NaN
+  float e[K];
+  float tp = 0.0f;
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    const float d = z[k] - base;
+    e[k] = exp_row(d);
+    if (kEnt) tp = fmaf(e[k], fmaxf(d, -FLT_MAX), tp);  // e = 0 at d = -inf: adds 0, not NaN
+  }
+#pragma unroll
+  for (int w = 1; w < K; w *= 2)  // pairwise within the vector: fewer roundings than a running sum
+#pragma unroll
+    for (int k = 0; k + w < K; k += 2 * w) e[k] += e[k + w];
+  st.s += e[0];
+  if (kEnt) st.t += tp;
+}
+
+// Torch's answer for rows whose max is infinite (all -inf, or a +inf logit: inf - inf): NaN statistics.
+__device__ __forceinline__ RowStats row_stats_final(RowStats st) {
+  if (isinf(st.m)) st.s = st.t = NAN;
+  return st;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reductions over the kThreads lanes that share a row (one warp when kThreads == 32, else the block).
 __device__ __forceinline__ RowStats warp_merge(RowStats s) {
 #pragma unroll
   for (int off = 16; off > 0; off >>= 1) {
@@ -62,114 +162,250 @@ __device__ __forceinline__ RowStats warp_merge(RowStats s) {
     o.m = __shfl_xor_sync(0xffffffffu, s.m, off);
     o.s = __shfl_xor_sync(0xffffffffu, s.s, off);
     o.t = __shfl_xor_sync(0xffffffffu, s.t, off);
-    s = row_stats_merge(s, o);
+    s = row_stats_merge(s, o);  // commutative: every lane ends with the same bits
   }
   return s;
 }
 
-// All threads get the merged statistics of the block. kThreads is a multiple of 32, at most 1024.
 template <int kThreads>
-__device__ __forceinline__ RowStats block_merge(RowStats s) {
-  __shared__ RowStats shared[kThreads / 32];
+__device__ __forceinline__ RowStats group_merge(RowStats s) {
   s = warp_merge(s);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  if (kThreads == 32) return s;
-  if (lane == 0) shared[warp] = s;
-  __syncthreads();
-  if (warp == 0) {
-    s = lane < kThreads / 32 ? shared[lane] : row_stats_init();
-    s = warp_merge(s);
-    if (lane == 0) shared[0] = s;
+  if constexpr (kThreads > 32) {
+    __shared__ RowStats sh[kThreads / 32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (lane == 0) sh[warp] = s;
+    __syncthreads();
+    s = lane < kThreads / 32 ? sh[lane] : row_stats_init();
+    s = warp_merge(s);  // every warp merges the partials itself: no second broadcast round
+    __syncthreads();    // sh is rewritten by the next call
   }
-  __syncthreads();
-  s = shared[0];
-  __syncthreads();  // shared[] may be reused by a later call
   return s;
 }
 
-// Statistics of one row (z = x * temperature), merged over the block.
-template <typename T, int kThreads>
-__device__ __forceinline__ RowStats row_stats_block(const T* row, int64_t V, float temperature) {
+// Sums K doubles over the group; every lane gets the totals.
+template <int kThreads, int K>
+__device__ __forceinline__ void group_sum(double (&v)[K]) {
+#pragma unroll
+  for (int k = 0; k < K; ++k)
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) v[k] += __shfl_xor_sync(0xffffffffu, v[k], off);
+  if constexpr (kThreads > 32) {
+    __shared__ double sh[K][kThreads / 32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (lane == 0)
+#pragma unroll
+      for (int k = 0; k < K; ++k) sh[k][warp] = v[k];
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      v[k] = lane < kThreads / 32 ? sh[k][lane] : 0.0;
+#pragma unroll
+      for (int off = 16; off > 0; off >>= 1) v[k] += __shfl_xor_sync(0xffffffffu, v[k], off);
+    }
+    __syncthreads();
+  }
+}
+
+// Lane 0's values to every lane of the group; in a block also a barrier (reads before it, writes after).
+template <int kThreads, int K>
+__device__ __forceinline__ void group_bcast(float (&v)[K]) {
+  if constexpr (kThreads == 32) {
+#pragma unroll
+    for (int k = 0; k < K; ++k) v[k] = __shfl_sync(0xffffffffu, v[k], 0);
+  } else {
+    __shared__ float sh[K];
+    if (threadIdx.x == 0)
+#pragma unroll
+      for (int k = 0; k < K; ++k) sh[k] = v[k];
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < K; ++k) v[k] = sh[k];
+    __syncthreads();
+  }
+}
+
+// Work items (rows, sequences) per block: a block of kThreads, or 128 / 32 warps of one item each.
+template <int kThreads>
+struct Slots {
+  static constexpr int kBlock = kThreads < 128 ? 128 : kThreads;
+  static constexpr int kPerBlock = kBlock / kThreads;
+  static constexpr int kMinBlocks = 1024 / kBlock;  // half occupancy at least: 64 registers per thread
+  __device__ static int lane() { return (int)(threadIdx.x % kThreads); }
+  __device__ static int64_t first() { return (int64_t)blockIdx.x * kPerBlock + threadIdx.x / kThreads; }
+  __device__ static int64_t stride() { return (int64_t)gridDim.x * kPerBlock; }
+};
+
+// ---------------------------------------------------------------------------------------------
+// This lane's share of a row: 16-byte vectors from the row's first 16-byte boundary with two loads in
+// flight, then the unaligned head (< 16 bytes) and the tail one element each. vec(j0, x) gets elements
+// j0 .. j0 + kN - 1 as floats; one(j, x) a single element.
+template <typename T, int kThreads, typename FV, typename F1>
+__device__ __forceinline__ void walk_row(const T* row, int V, int lane, FV&& vec, F1&& one) {
+  constexpr int kN = Vec<T>::kN;
+  const int h = head_elems(row, V);
+  const int nv = (V - h) / kN;
+  const T* body = row + h;
+  int i = lane;
+  for (; i + kThreads < nv; i += 2 * kThreads) {
+    float a[kN], b[kN];
+    load_vec(body + i * kN, a);
+    load_vec(body + (i + kThreads) * kN, b);
+    vec(h + i * kN, a);
+    vec(h + (i + kThreads) * kN, b);
+  }
+  if (i < nv) {
+    float a[kN];
+    load_vec(body + i * kN, a);
+    vec(h + i * kN, a);
+  }
+  for (int r = lane; r < V - nv * kN; r += kThreads) {  // r < h: head; else tail past the vectors
+    const int j = r < h ? r : r + nv * kN;
+    one(j, to_f(row[j]));
+  }
+}
+
+template <typename F>
+__device__ __forceinline__ void with_scale(float temperature, F&& f) {
+  if (temperature == 1.0f) {
+    f(NoScale{});
+  } else {
+    f(DivScale(temperature));
+  }
+}
+
+// Pass 1: statistics of z = row / temperature merged over the group (every lane gets the same bits).
+// t (the entropy sum) is only accumulated when `entropy`; it stays 0 otherwise.
+template <bool kEnt, typename T, int kThreads, typename S>
+__device__ __forceinline__ RowStats row_stats_part(const T* row, int V, int lane, S scale) {
   RowStats st = row_stats_init();
-  if (aligned16(row)) {
-    constexpr int kN = Pack<T>::kN;
-    const Pack<T>* packs = reinterpret_cast<const Pack<T>*>(row);
-    const int64_t nv = V / kN;
-    for (int64_t i = threadIdx.x; i < nv; i += kThreads) {
-      const Pack<T> pk = packs[i];
+  walk_row<T, kThreads>(
+      row, V, lane,
+      [&](int, float (&x)[Vec<T>::kN]) {
 #pragma unroll
-      for (int k = 0; k < kN; ++k) stats_push(st, scale_logit(to_f(pk.v[k]), temperature));
-    }
-    for (int64_t j = nv * kN + threadIdx.x; j < V; j += kThreads) stats_push(st, scale_logit(to_f(row[j]), temperature));
-  } else {
-    for (int64_t j = threadIdx.x; j < V; j += kThreads) stats_push(st, scale_logit(to_f(row[j]), temperature));
-  }
-  return block_merge<kThreads>(st);
+        for (int k = 0; k < Vec<T>::kN; ++k) x[k] = scale(x[k]);
+        stats_push<kEnt>(st, x);
+      },
+      [&](int, float x) {
+        const float z[1] = {scale(x)};
+        stats_push<kEnt>(st, z);
+      });
+  return st;
 }
 
-// dlogits of one row from its statistics: out may alias row (each element is read before it is written
-// by the same thread).
 template <typename T, int kThreads>
-__device__ __forceinline__ void row_grad_block(const T* row, T* out, int64_t V, int64_t target, float m,
-                                               float logs, float H, float g_logp, float g_ent,
-                                               float temperature) {
-  if (g_logp == 0.0f && g_ent == 0.0f) {
-    for (int64_t j = threadIdx.x; j < V; j += kThreads) out[j] = from_f<T>(0.0f);
-    return;
-  }
-  if (aligned16(row) && aligned16(out)) {
-    constexpr int kN = Pack<T>::kN;
-    const Pack<T>* src = reinterpret_cast<const Pack<T>*>(row);
-    Pack<T>* dst = reinterpret_cast<Pack<T>*>(out);
-    const int64_t nv = V / kN;
-    for (int64_t i = threadIdx.x; i < nv; i += kThreads) {
-      const Pack<T> pk = src[i];
-      Pack<T> o;
-#pragma unroll
-      for (int k = 0; k < kN; ++k) {
-        const int64_t j = i * kN + k;
-        const float d = scale_logit(to_f(pk.v[k]), temperature) - m;
-        o.v[k] = from_f<T>(softmax_grad_elem(d, logs, j == target, g_logp, g_ent, H, temperature));
-      }
-      dst[i] = o;
-    }
-    for (int64_t j = nv * kN + threadIdx.x; j < V; j += kThreads) {
-      const float d = scale_logit(to_f(row[j]), temperature) - m;
-      out[j] = from_f<T>(softmax_grad_elem(d, logs, j == target, g_logp, g_ent, H, temperature));
-    }
-  } else {
-    for (int64_t j = threadIdx.x; j < V; j += kThreads) {
-      const float d = scale_logit(to_f(row[j]), temperature) - m;
-      out[j] = from_f<T>(softmax_grad_elem(d, logs, j == target, g_logp, g_ent, H, temperature));
-    }
-  }
+__device__ __forceinline__ RowStats row_stats(const T* row, int V, int lane, float temperature, bool entropy) {
+  RowStats st;
+  with_scale(temperature, [&](auto scale) {
+    st = entropy ? row_stats_part<true, T, kThreads>(row, V, lane, scale)
+                 : row_stats_part<false, T, kThreads>(row, V, lane, scale);
+  });
+  return row_stats_final(group_merge<kThreads>(st));
 }
 
-inline std::string launch_error() {
+// Pass 2, as csrc/cpu/row.h row_grad: a p_j (+ b p_j (log p_j + H)) with a = -g_logp / T, b = -g_ent / T,
+// and g_logp (1 - p_t) / T (+ the same entropy term) at the target, computed once per row from x_t, the
+// target's raw logit, which the caller read before any lane of the group wrote the row. Each element is
+// read and written by the same lane, read first, so out may alias row. Vectors follow row's alignment;
+// when out is not 16-byte aligned at the same elements (a different phase) the stores go scalar.
+template <bool kEnt, typename T, int kThreads, typename S>
+__device__ __forceinline__ void row_grad_part(const T* row, T* out, int V, int lane, int target, float x_t,
+                                              float m, float logs, float H, float g_logp, float g_ent,
+                                              float temperature, S scale) {
+  constexpr int kN = Vec<T>::kN;
+  const float a = -g_logp / temperature, b = -g_ent / temperature;
+  auto ent = [&](float p, float zl) { return kEnt ? b * (p > 0.0f ? p * (zl + H) : 0.0f) : 0.0f; };
+  auto elem = [&](float x) {
+    const float zl = (scale(x) - m) - logs;  // log p_j; the max comes off first so p keeps its precision
+    const float p = exp_row(zl);
+    return kEnt ? a * p + ent(p, zl) : a * p;
+  };
+  const float zl_t = (scale(x_t) - m) - logs, p_t = exp_row(zl_t);
+  const float v_t = kEnt ? g_logp * (1.0f - p_t) / temperature + ent(p_t, zl_t) : g_logp * (1.0f - p_t) / temperature;
+  const bool vec_out = (reinterpret_cast<uintptr_t>(out + head_elems(row, V)) & 15u) == 0;
+  walk_row<T, kThreads>(
+      row, V, lane,
+      [&](int j0, float (&x)[kN]) {
+#pragma unroll
+        for (int k = 0; k < kN; ++k) x[k] = elem(x[k]);
+        const unsigned off = (unsigned)(target - j0);
+        if (off < (unsigned)kN) {  // the target column: rare, and constant indices keep x in registers
+#pragma unroll
+          for (int k = 0; k < kN; ++k)
+            if ((unsigned)k == off) x[k] = v_t;
+        }
+        if (vec_out) {
+          store_vec(out + j0, x);
+        } else {
+#pragma unroll
+          for (int k = 0; k < kN; ++k) out[j0 + k] = from_f<T>(x[k]);
+        }
+      },
+      [&](int j, float x) { out[j] = from_f<T>(j == target ? v_t : elem(x)); });
+}
+
+// A zero gradient row (g_logp = g_ent = 0, e.g. masked tokens): written without reading the logits.
+template <typename T, int kThreads>
+__device__ __forceinline__ void row_zero(T* out, int V, int lane) {
+  constexpr int kN = Vec<T>::kN;
+  const int h = head_elems(out, V);
+  const int nv = (V - h) / kN;
+  const float zero[kN] = {};
+  for (int j = lane; j < h; j += kThreads) out[j] = from_f<T>(0.0f);
+  for (int i = lane; i < nv; i += kThreads) store_vec(out + h + i * kN, zero);
+  for (int j = h + nv * kN + lane; j < V; j += kThreads) out[j] = from_f<T>(0.0f);
+}
+
+// dlogits of one row from its saved statistics (m, log s) and, for the entropy term, H.
+template <typename T, int kThreads>
+__device__ __forceinline__ void row_grad(const T* row, T* out, int V, int lane, int target, float x_t,
+                                         float m, float logs, float H, float g_logp, float g_ent, float temperature) {
+  if (g_logp == 0.0f && g_ent == 0.0f) return row_zero<T, kThreads>(out, V, lane);
+  with_scale(temperature, [&](auto scale) {
+    if (g_ent == 0.0f)
+      row_grad_part<false, T, kThreads>(row, out, V, lane, target, x_t, m, logs, H, g_logp, g_ent, temperature, scale);
+    else
+      row_grad_part<true, T, kThreads>(row, out, V, lane, target, x_t, m, logs, H, g_logp, g_ent, temperature, scale);
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Host side.
+// Row indices are 32-bit in the kernels (fewer registers and instructions); the launchers refuse longer rows.
+constexpr int64_t kMaxV = int64_t(1) << 30;
+
+inline std::string launch_error() {  // after a launch: bad configuration, no device, earlier sticky errors
   const cudaError_t e = cudaGetLastError();
   return e == cudaSuccess ? std::string() : std::string(cudaGetErrorString(e));
 }
 
-// Calls f(std::integral_constant<int, threads>) with a block size suited to V.
-template <typename F>
-inline void with_block_size(int64_t V, F f) {
-  if (V >= 4096) {
-    f(std::integral_constant<int, 256>{});
-  } else if (V >= 512) {
-    f(std::integral_constant<int, 128>{});
-  } else {
-    f(std::integral_constant<int, 32>{});
-  }
+// Blocks for `items` work items at `per_block` each; gridDim.x is capped and the kernels grid-stride.
+inline unsigned grid_for(int64_t items, int per_block) {
+  const int64_t blocks = (items + per_block - 1) / per_block;
+  return (unsigned)(blocks < 2147483647 ? blocks : 2147483647);
 }
+
+template <typename T> struct TypeTag { using type = T; };
 
 template <typename F>
 inline void with_dtype(int dtype, F f) {
   if (dtype == kFloat32) {
-    f(float{});
+    f(TypeTag<float>{});
   } else if (dtype == kBFloat16) {
-    f(__nv_bfloat16{});
+    f(TypeTag<__nv_bfloat16>{});
   } else {
-    f(__half{});
+    f(TypeTag<__half>{});
+  }
+}
+
+// Lanes per row by V: a block of 256 for long rows, 128 for medium ones, one warp (4 rows a block) below.
+template <typename F>
+inline void with_row_threads(int64_t V, F f) {
+  if (V >= 4096) {
+    f(std::integral_constant<int, 256>{});
+  } else if (V >= 1024) {
+    f(std::integral_constant<int, 128>{});
+  } else {
+    f(std::integral_constant<int, 32>{});
   }
 }
 

@@ -1,5 +1,6 @@
 // CUDA: selective logprob (+ entropy) in one read of each logits row, and the softmax-gradient pass.
-// C++ twin: csrc/cpu/logprobs.cpp. One block per row.
+// C++ twin: csrc/cpu/logprobs.cpp. A block per row (a warp per row for V < 1024, four rows a block);
+// the row passes are in common.cuh.
 #include "../params.h"
 #include "common.cuh"
 #include "kernels.h"
@@ -8,13 +9,18 @@ namespace grpo {
 namespace cuda {
 
 template <typename T, int kThreads>
-__global__ void __launch_bounds__(kThreads) logprobs_kernel(LogprobParams p) {
-  for (int64_t n = blockIdx.x; n < p.N; n += gridDim.x) {
+__global__ void __launch_bounds__(Slots<kThreads>::kBlock, Slots<kThreads>::kMinBlocks)
+    logprobs_kernel(const LogprobParams p) {
+  using S = Slots<kThreads>;
+  const int lane = S::lane();
+  for (int64_t n = S::first(); n < p.N; n += S::stride()) {
     const T* row = static_cast<const T*>(p.logits) + n * p.row_stride;
-    const RowStats st = row_stats_block<T, kThreads>(row, p.V, p.temperature);
-    if (threadIdx.x == 0) {
+    float x_t = 0.0f;
+    if (lane == 0) x_t = to_f(row[p.targets[n]]);  // issued now, consumed after the row pass
+    const RowStats st = row_stats<T, kThreads>(row, (int)p.V, lane, p.temperature, p.entropy != nullptr);
+    if (lane == 0) {
       const float logs = row_logs(st);
-      p.logp[n] = target_logp(scale_logit(to_f(row[p.targets[n]]), p.temperature), st.m, (double)st.s);
+      p.logp[n] = target_logp(scale_logit(x_t, p.temperature), st.m, (double)st.s);
       if (p.stats) {
         p.stats[2 * n] = st.m;
         p.stats[2 * n + 1] = logs;
@@ -25,38 +31,51 @@ __global__ void __launch_bounds__(kThreads) logprobs_kernel(LogprobParams p) {
 }
 
 template <typename T, int kThreads>
-__global__ void __launch_bounds__(kThreads) softmax_grad_kernel(SoftmaxGradParams p) {
-  for (int64_t n = blockIdx.x; n < p.N; n += gridDim.x) {
+__global__ void __launch_bounds__(Slots<kThreads>::kBlock, Slots<kThreads>::kMinBlocks)
+    softmax_grad_kernel(const SoftmaxGradParams p) {
+  using S = Slots<kThreads>;
+  const int lane = S::lane();
+  for (int64_t n = S::first(); n < p.N; n += S::stride()) {
     const T* row = static_cast<const T*>(p.logits) + n * p.row_stride;
     T* out = static_cast<T*>(p.dlogits) + n * p.grad_row_stride;
+    const int64_t target = p.targets[n];
+    const float g_logp = p.g_logp[n];
     const float g_ent = p.g_ent ? p.g_ent[n] : 0.0f;
+    if (g_logp == 0.0f && g_ent == 0.0f) {  // uniform over the group: no read of the row at all
+      row_zero<T, kThreads>(out, (int)p.V, lane);
+      continue;
+    }
+    float x_t[1] = {lane == 0 ? to_f(row[target]) : 0.0f};
+    group_bcast<kThreads>(x_t);  // before any lane of the group overwrites the row (out may alias it)
     const float H = p.g_ent ? p.entropy[n] : 0.0f;
-    row_grad_block<T, kThreads>(row, out, p.V, p.targets[n], p.stats[2 * n], p.stats[2 * n + 1], H, p.g_logp[n],
-                                g_ent, p.temperature);
+    row_grad<T, kThreads>(row, out, (int)p.V, lane, (int)target, x_t[0], p.stats[2 * n], p.stats[2 * n + 1], H, g_logp,
+                          g_ent, p.temperature);
   }
 }
 
-static unsigned grid_for(int64_t rows) { return (unsigned)(rows < 2147483647 ? rows : 2147483647); }
-
 std::string logprobs(const LogprobParams& p, void* stream) {
-  if (p.N == 0) return "";
+  if (p.N <= 0) return "";
+  if (p.V > kMaxV) return "V exceeds the CUDA kernels' limit of 2^30 elements per row";
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   with_dtype(p.dtype, [&](auto tag) {
-    using T = decltype(tag);
-    with_block_size(p.V, [&](auto threads) {
-      logprobs_kernel<T, decltype(threads)::value><<<grid_for(p.N), decltype(threads)::value, 0, s>>>(p);
+    using T = typename decltype(tag)::type;
+    with_row_threads(p.V, [&](auto threads) {
+      constexpr int kT = decltype(threads)::value;
+      logprobs_kernel<T, kT><<<grid_for(p.N, Slots<kT>::kPerBlock), Slots<kT>::kBlock, 0, s>>>(p);
     });
   });
   return launch_error();
 }
 
 std::string softmax_grad(const SoftmaxGradParams& p, void* stream) {
-  if (p.N == 0) return "";
+  if (p.N <= 0) return "";
+  if (p.V > kMaxV) return "V exceeds the CUDA kernels' limit of 2^30 elements per row";
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   with_dtype(p.dtype, [&](auto tag) {
-    using T = decltype(tag);
-    with_block_size(p.V, [&](auto threads) {
-      softmax_grad_kernel<T, decltype(threads)::value><<<grid_for(p.N), decltype(threads)::value, 0, s>>>(p);
+    using T = typename decltype(tag)::type;
+    with_row_threads(p.V, [&](auto threads) {
+      constexpr int kT = decltype(threads)::value;
+      softmax_grad_kernel<T, kT><<<grid_for(p.N, Slots<kT>::kPerBlock), Slots<kT>::kBlock, 0, s>>>(p);
     });
   });
   return launch_error();

@@ -1,5 +1,5 @@
 // CUDA: the GRPO loss head (per sequence) and the fused token-level loss (per row: statistics, head and,
-// when asked, dlogits in one launch). C++ twin: csrc/cpu/loss.cpp.
+// when asked, dlogits in one launch). C++ twin: csrc/cpu/loss.cpp; row passes in common.cuh.
 #include "../params.h"
 #include "common.cuh"
 #include "kernels.h"
@@ -7,63 +7,133 @@
 namespace grpo {
 namespace cuda {
 
-// One sequence per block; the shared serial head_sequence keeps the arithmetic identical to the CPU's.
-// O(B * T) work against O(B * T * V) for the row passes.
-__global__ void loss_head_kernel(LossHeadParams p) {
-  for (int64_t b = blockIdx.x; b < p.B; b += gridDim.x)
-    if (threadIdx.x == 0) head_sequence(p, b);
+// head_sequence (grpo_math.h) with its three token loops spread over the kThreads lanes of a sequence:
+// the per-token arithmetic is the same expressions in the same order; only the sequence sums (masked
+// log-ratio and IS log-ratio sums and the token count, then the seq-ratio gradient accumulator) are
+// reduced as a tree in double, so they can differ from the serial sums in the last bits of a double,
+// not in the floats derived from them (short of a rounding tie). Token-level configurations skip them.
+template <int kThreads>
+__global__ void __launch_bounds__(Slots<kThreads>::kBlock) loss_head_kernel(const LossHeadParams p) {
+  using S = Slots<kThreads>;
+  const int lane = S::lane();
+  const bool seq_ratio = p.ratio_level == kRatioSequence;
+  const bool seq_is = p.is_mode == kISSeqTruncate || p.is_mode == kISSeqMask;
+  for (int64_t b = S::first(); b < p.B; b += S::stride()) {
+    const int64_t base = b * p.T;
+    const float A = p.advantages[b];
+    float r_seq = 1.0f, w_seq = 1.0f, n_cl = 1.0f;  // head_sequence's values when nothing is sequence-level
+    if (seq_ratio || seq_is) {
+      double sums[3] = {0.0, 0.0, 0.0};  // lr_sum, is_sum, n
+      for (int64_t t = lane; t < p.T; t += kThreads) {
+        const int64_t i = base + t;
+        const float m = p.mask[i];
+        sums[0] += (double)m * ((double)p.logp[i] - (double)head_old(p, i));
+        sums[1] += (double)m * ((double)head_old(p, i) - (double)head_samp(p, i));
+        sums[2] += m;
+      }
+      group_sum<kThreads>(sums);
+      n_cl = sums[2] < 1.0 ? 1.0f : (float)sums[2];
+      r_seq = fexp((float)(sums[0] / (double)n_cl));
+      w_seq = seq_is ? is_weight(p.is_mode, (float)sums[1], p.is_cap) : 1.0f;
+    }
+    double acc[1] = {0.0};
+    for (int64_t t = lane; t < p.T; t += kThreads) {
+      const int64_t i = base + t;
+      const float lp = p.logp[i], old = head_old(p, i);
+      const float r = seq_ratio ? r_seq : fexp(lp - old);
+      float w = w_seq;
+      if (!seq_is && p.is_mode != kISNone) w = is_weight(p.is_mode, old - head_samp(p, i), p.is_cap);
+      PolicyTerm pt = policy_term(r, A, p.eps_low, p.eps_high, p.dual_clip);
+      float loss = pt.loss * w;
+      float g = seq_ratio ? 0.0f : pt.dloss_dr * r * w;
+      acc[0] += (double)p.coef[i] * pt.dloss_dr * w;
+      if (p.beta != 0.0f) {
+        const float ref = head_ref(p, i);
+        loss += p.beta * kl_value(p.kl, lp, ref);
+        g += p.beta * kl_grad(p.kl, lp, ref);
+      }
+      p.tok_loss[i] = loss;
+      p.g_logp[i] = p.coef[i] * g;
+    }
+    if (seq_ratio) {  // each lane adds to the g_logp it wrote itself: no barrier needed for those
+      group_sum<kThreads>(acc);
+      const float scale = (float)acc[0] * r_seq / n_cl;
+      for (int64_t t = lane; t < p.T; t += kThreads) p.g_logp[base + t] += scale * p.mask[base + t];
+    }
+  }
 }
 
+// One row per group of lanes: pass 1 (statistics, logp, entropy), the token head on lane 0 exactly as
+// csrc/cpu/loss.cpp, g shared with the group, pass 2 (dlogits, no entropy term). One read of the row
+// for the forward, one read + one write for the gradient; dlogits may alias logits.
 template <typename T, int kThreads>
-__global__ void __launch_bounds__(kThreads) fused_loss_kernel(FusedLossParams fp) {
+__global__ void __launch_bounds__(Slots<kThreads>::kBlock, Slots<kThreads>::kMinBlocks)
+    fused_loss_kernel(const FusedLossParams fp) {
+  using S = Slots<kThreads>;
   const LogprobParams& lp = fp.lp;
   const LossHeadParams& h = fp.head;
-  __shared__ float g_shared;
-  for (int64_t n = blockIdx.x; n < lp.N; n += gridDim.x) {
+  const int lane = S::lane();
+  const int V = (int)lp.V;
+  for (int64_t n = S::first(); n < lp.N; n += S::stride()) {
     const T* row = static_cast<const T*>(lp.logits) + n * lp.row_stride;
-    const RowStats st = row_stats_block<T, kThreads>(row, lp.V, lp.temperature);
+    const int64_t target = lp.targets[n];
+    // Lane 0's loads for the head are issued now and consumed after the row pass.
+    float x_t = 0.0f, old = 0.0f, ref = 0.0f, samp = 0.0f, A = 0.0f, coef = 0.0f;
+    if (lane == 0) {
+      x_t = to_f(row[target]);
+      if (h.old_logp) old = h.old_logp[n];
+      if (h.ref_logp) ref = h.ref_logp[n];
+      if (h.sampling_logp) samp = h.sampling_logp[n];
+      A = h.advantages[n / h.T];
+      coef = h.coef[n];
+    }
+    const RowStats st = row_stats<T, kThreads>(row, V, lane, lp.temperature, lp.entropy != nullptr);
     const float logs = row_logs(st);
-    if (threadIdx.x == 0) {
-      const float logp = target_logp(scale_logit(to_f(row[lp.targets[n]]), lp.temperature), st.m, (double)st.s);
+    float shared[2] = {0.0f, x_t};  // g, x_t
+    if (lane == 0) {
+      const float logp = target_logp(scale_logit(x_t, lp.temperature), st.m, (double)st.s);
       lp.logp[n] = logp;
       if (lp.stats) {
         lp.stats[2 * n] = st.m;
         lp.stats[2 * n + 1] = logs;
       }
       if (lp.entropy) lp.entropy[n] = row_entropy(st);
-      const float old = h.old_logp ? h.old_logp[n] : logp;
-      const float ref = h.ref_logp ? h.ref_logp[n] : 0.0f;
-      const float samp = h.sampling_logp ? h.sampling_logp[n] : old;
-      const TokenHead th = token_head(h, logp, old, ref, samp, h.advantages[n / h.T], h.coef[n]);
+      if (!h.old_logp) old = logp;
+      if (!h.sampling_logp) samp = old;
+      const TokenHead th = token_head(h, logp, old, ref, samp, A, coef);
       h.tok_loss[n] = th.loss;
       if (h.g_logp) h.g_logp[n] = th.g;
-      g_shared = th.g;
+      shared[0] = th.g;
     }
-    __syncthreads();
-    const float g = g_shared;
     if (fp.dlogits) {
+      group_bcast<kThreads>(shared);  // lane 0 read x_t before this point: no lane has written the row yet
       T* out = static_cast<T*>(fp.dlogits) + n * fp.grad_row_stride;
-      row_grad_block<T, kThreads>(row, out, lp.V, lp.targets[n], st.m, logs, 0.0f, g, 0.0f, lp.temperature);
+      row_grad<T, kThreads>(row, out, V, lane, (int)target, shared[1], st.m, logs, 0.0f, shared[0], 0.0f,
+                            lp.temperature);
     }
-    __syncthreads();  // g_shared is rewritten for the next row
   }
 }
 
 std::string loss_head(const LossHeadParams& p, void* stream) {
-  if (p.B == 0) return "";
-  const unsigned grid = (unsigned)(p.B < 2147483647 ? p.B : 2147483647);
-  loss_head_kernel<<<grid, 32, 0, static_cast<cudaStream_t>(stream)>>>(p);
+  if (p.B <= 0 || p.T <= 0) return "";
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  if (p.T > 256) {
+    loss_head_kernel<256><<<grid_for(p.B, Slots<256>::kPerBlock), Slots<256>::kBlock, 0, s>>>(p);
+  } else {  // short sequences: a warp each, four a block
+    loss_head_kernel<32><<<grid_for(p.B, Slots<32>::kPerBlock), Slots<32>::kBlock, 0, s>>>(p);
+  }
   return launch_error();
 }
 
 std::string fused_loss(const FusedLossParams& p, void* stream) {
-  if (p.lp.N == 0) return "";
+  if (p.lp.N <= 0) return "";
+  if (p.lp.V > kMaxV) return "V exceeds the CUDA kernels' limit of 2^30 elements per row";
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  const unsigned grid = (unsigned)(p.lp.N < 2147483647 ? p.lp.N : 2147483647);
   with_dtype(p.lp.dtype, [&](auto tag) {
-    using T = decltype(tag);
-    with_block_size(p.lp.V, [&](auto threads) {
-      fused_loss_kernel<T, decltype(threads)::value><<<grid, decltype(threads)::value, 0, s>>>(p);
+    using T = typename decltype(tag)::type;
+    with_row_threads(p.lp.V, [&](auto threads) {
+      constexpr int kT = decltype(threads)::value;
+      fused_loss_kernel<T, kT><<<grid_for(p.lp.N, Slots<kT>::kPerBlock), Slots<kT>::kBlock, 0, s>>>(p);
     });
   });
   return launch_error();

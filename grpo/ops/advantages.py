@@ -27,7 +27,7 @@ def group_advantages_ref(rewards, group_size, *, scale="group", estimator="grpo"
 
 
 # --- launchers ----------------------------------------------------------------------------------------
-def _launch(rewards, group_size, scale_code, est_code, eps):
+def _launch(rewards, group_size, scale_code, est_code, eps, backend="cpu"):
     r = rewards.to(torch.float32).contiguous()
     adv = torch.empty_like(r)
     zero = torch.empty(r.shape[0] // group_size, dtype=torch.uint8, device=r.device)
@@ -42,7 +42,7 @@ def _launch(rewards, group_size, scale_code, est_code, eps):
 def _advantages_op(rewards: torch.Tensor, group_size: int, scale_code: int, est_code: int, eps: float,
                    backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     _checks.check_finite("rewards", rewards)
-    return _launch(rewards, group_size, scale_code, est_code, eps)
+    return _launch(rewards, group_size, scale_code, est_code, eps, backend)
 
 
 @_advantages_op.register_fake

@@ -34,9 +34,10 @@ def token_logprobs_ref(logits, targets, *, temperature=1.0, with_entropy=False):
 
 
 # --- launchers ----------------------------------------------------------------------------------------
-def launch_logprobs(logits2d, targets1d, temperature, with_entropy, want_stats=True):
+def launch_logprobs(logits2d, targets1d, temperature, with_entropy, want_stats=True, backend="cpu"):
     """(N, V) logits, (N,) int64 targets -> logp (N,), stats (N, 2) [row max, log sum exp(z - max)],
-    entropy (N,), all float32 (stats/entropy may be None)."""
+    entropy (N,), all float32 (stats/entropy may be None). `backend`: a resolved one ("cpu", "cuda",
+    "triton"); "cpu" and "cuda" both go to grpo._C, which picks the device from the tensor."""
     N, V = logits2d.shape
     f32 = dict(dtype=torch.float32, device=logits2d.device)
     logp = torch.empty(N, **f32)
@@ -50,7 +51,7 @@ def launch_logprobs(logits2d, targets1d, temperature, with_entropy, want_stats=T
     return logp, stats, ent
 
 
-def launch_softmax_grad(logits2d, targets1d, stats, entropy, g_logp, g_ent, temperature, out=None):
+def launch_softmax_grad(logits2d, targets1d, stats, entropy, g_logp, g_ent, temperature, out=None, backend="cpu"):
     """dlogits (N, V) in the logits' dtype: d/dz of sum(g_logp * logp + g_ent * entropy). `out` may be
     logits2d itself (in place)."""
     N, V = logits2d.shape
@@ -70,7 +71,7 @@ def _logprobs_op(logits: torch.Tensor, targets: torch.Tensor, temperature: float
                  backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     V = logits.shape[-1]
     _checks.check_targets_range("targets", targets, V)
-    logp, stats, ent = launch_logprobs(logits.view(-1, V), targets.reshape(-1), temperature, with_entropy)
+    logp, stats, ent = launch_logprobs(logits.view(-1, V), targets.reshape(-1), temperature, with_entropy, backend=backend)
     ent = ent if ent is not None else logp.new_empty(0)
     return logp.view(targets.shape), stats, ent.view(targets.shape) if with_entropy else ent
 
@@ -90,7 +91,8 @@ def _softmax_grad_op(logits: torch.Tensor, targets: torch.Tensor, stats: torch.T
     out = launch_softmax_grad(logits.view(-1, V), targets.reshape(-1), stats,
                               entropy.reshape(-1).contiguous() if has_ent else None,
                               g_logp.reshape(-1).to(torch.float32).contiguous(),
-                              g_ent.reshape(-1).to(torch.float32).contiguous() if has_ent else None, temperature)
+                              g_ent.reshape(-1).to(torch.float32).contiguous() if has_ent else None, temperature,
+                              backend=backend)
     return out.view(logits.shape)
 
 

@@ -82,7 +82,8 @@ def loss_metrics(logp, mask, advantages, old_logp, ref_logp, sampling_logp, conf
 
 
 # --- launchers ----------------------------------------------------------------------------------------
-def launch_loss(logits2d, targets1d, mask, coef, adv, old, ref, samp, config: LossConfig, dlogits=None):
+def launch_loss(logits2d, targets1d, mask, coef, adv, old, ref, samp, config: LossConfig, dlogits=None,
+                backend="cpu"):
     """Kernel path. logits2d (N, V); mask/coef/old/ref/samp (B, T) float32; adv (B,) float32.
 
     Returns (tok_loss (N,), logp (N,), entropy (N,) or None, stats (N, 2), g (N,) = dLoss/dlogp), all float32.
@@ -112,7 +113,8 @@ def launch_loss(logits2d, targets1d, mask, coef, adv, old, ref, samp, config: Lo
     C.logprobs(**_backend.launch_args(logits2d), N=N, V=V, **rows)
     C.loss_head(**_backend.launch_args(logits2d), logp=logp.data_ptr(), **head)
     if dlogits is not None:
-        launch_softmax_grad(logits2d, targets1d, stats, None, g, None, config.temperature, out=dlogits)
+        launch_softmax_grad(logits2d, targets1d, stats, None, g, None, config.temperature, out=dlogits,
+                            backend=backend)
     return tok_loss, logp, ent, stats, g
 
 
@@ -136,7 +138,7 @@ def _loss_op(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, co
                         ratio_level=ratio_level, is_mode=is_mode or None, is_cap=is_cap, temperature=temperature,
                         entropy=entropy)
     tok_loss, logp, ent, stats, g = launch_loss(logits.view(-1, V), targets.reshape(-1), mask, coef, advantages,
-                                                old_logp, ref_logp, sampling_logp, config)
+                                                old_logp, ref_logp, sampling_logp, config, backend=backend)
     loss = (tok_loss.view(mask.shape).double() * coef).sum().to(torch.float32)
     ent = ent.view(mask.shape) if ent is not None else logp.new_empty(0)
     return loss, logp.view(mask.shape), ent, stats, g

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# One call on a lent GPU machine (see DESIGN.md section 6: no registry there, its own Python and CUDA
+# torch): build grpo._C from source, run the GPU tests, run the GPU benchmarks, and leave logs and the
+# CSV rows under $OUT. Steps are chosen by name so one call can do only what is needed:
+#
+#   bash bench/gpu_session.sh build test:tests/test_gpu.py bench:loss bench:fused_linear
+#
+# Each step's output goes to $OUT/<step>.log; a failed step is reported and the next one still runs.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/grpo-gpu-out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+PY=${PY:-python3}
+status=0
+
+step() {  # step NAME CMD...: runs CMD with its output in $OUT/NAME.log, prints the tail and the time
+  local name=$1; shift
+  local t0=$SECONDS
+  echo "== $name: $*"
+  "$@" > "$OUT/$name.log" 2>&1
+  local rc=$?
+  tail -n "${TAIL:-25}" "$OUT/$name.log"
+  echo "== $name: exit $rc in $((SECONDS - t0)) s"
+  [ $rc -eq 0 ] || status=1
+}
+
+for s in "$@"; do
+  case "$s" in
+    build)
+      nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv > "$OUT/gpu.txt" 2>&1
+      cat "$OUT/gpu.txt"
+      GRPO_BUILD_CUDA=1 GRPO_BUILD_JOBS=${GRPO_BUILD_JOBS:-6} step build $PY setup.py build_ext --inplace
+      grep -E "ptxas info|spill" "$OUT/build.log" > "$OUT/ptxas.txt" || true
+      $PY -c "import grpo._C as C, torch; print('grpo._C', C.__file__, 'cuda:', torch.cuda.get_device_name())" ;;
+    test:*)
+      step "test_$(basename "${s#test:}" .py)" $PY -m pytest -q -x -p no:cacheprovider "${s#test:}" ;;
+    bench:*)
+      step "bench_${s#bench:}" $PY -m "bench.bench_${s#bench:}" --device cuda ${BENCH_ARGS:-}
+      cp bench/results/*.csv "$OUT/" 2>/dev/null ;;
+    *) echo "unknown step $s"; status=1 ;;
+  esac
+done
+exit $status
