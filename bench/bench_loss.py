@@ -6,7 +6,11 @@ torch.compile of the reference, in ms, effective GB/s and % of the measured copy
                                [--warmup W] [--out CSV]
 
 Providers: `cpu` / `cuda` / `triton` = grpo.ops with backend=...; `torch` = grpo.ops with backend="torch"
-(the eager reference); `compile` = torch.compile(grpo.ops.grpo_loss_ref / token_logprobs_ref). Shapes are
+(the eager reference); `compile` = torch.compile(grpo.ops.grpo_loss_ref / token_logprobs_ref); `liger` =
+Liger-Kernel's Triton GRPO loss (liger_kernel.transformers.grpo_loss.triton_grpo_loss, grpo_loss only, CUDA
+only, when liger_kernel is installed; it takes (B, T + 1, V) logits, so it gets its own padded copy made
+outside the timing, and runs with inplace=False like every other provider). On CUDA the default providers
+are cuda, triton (when grpo.kernels is available), liger (when installed), torch, compile. Shapes are
 N x V with N = B sequences x T = 256 tokens. Each case draws one batch, checks every provider against the
 first (that call also warms it up and compiles), then times interleaved rounds and reports p20/p50/p80.
 Rows are appended to bench/results/bench_loss.csv.
@@ -24,7 +28,8 @@ from grpo.ops import LossConfig, grpo_loss_ref, token_logprobs_ref  # noqa: E402
 
 OPS = ("grpo_loss", "token_logprobs")
 OURS = ("cpu", "cuda", "triton")  # grpo.ops backends; the first one present is the ratios' base
-BACKEND_OF = {"cpu": "cpu", "cuda": "cuda", "triton": "triton", "torch": "torch", "compile": "inductor"}
+BACKEND_OF = {"cpu": "cpu", "cuda": "cuda", "triton": "triton", "torch": "torch", "compile": "inductor",
+              "liger": "liger-triton"}
 FULL_SHAPES = {"cpu": [(4096, 32000), (1024, 151936)], "cuda": [(16384, 151936), (4096, 32000)]}
 QUICK_SHAPES = {"cpu": [(512, 32000)], "cuda": [(4096, 32000)]}
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
@@ -33,19 +38,22 @@ SEQ_LEN = 256  # T: tokens per sequence, N = B * T
 
 
 def bytes_moved(op: str, B: int, T: int, V: int, dtype) -> int:
-    """Written-down bytes of the fused kernels, used for every provider (effective bandwidth).
+    """Written-down bytes: the least memory traffic the op needs, used for every provider (effective
+    bandwidth), so a provider that moves more shows it as a lower GB/s.
 
-    grpo_loss fwd+bwd: pass 1 (forward) reads the logits once (row max, log-sum-exp, target logit, then the
-    per-token loss and g = dLoss/dlogp); pass 2 (backward) reads the logits again and writes dlogits:
-    3 N V e. O(N) terms: targets int64 read in both passes (16 N), mask bool (N), old_logp fp32 (4 N),
-    advantages fp32 (4 B); the loss and metrics are O(1).
+    grpo_loss fwd+bwd: the logits are read once and dlogits written once, 2 N V e. Ours does exactly that
+    when `loss.backward()` follows the forward (the forward writes dlogits for an upstream gradient of 1
+    while each row is in cache: its second read of the row is a cache hit on rows of up to a few hundred
+    KB per CPU core or GPU SM slot), and 3 N V e for a scaled loss (the backward then re-reads the logits).
+    O(N) terms: targets int64 (8 N), mask bool (N), old_logp fp32 (4 N), advantages fp32 (4 B); the loss and
+    metrics are O(1).
     token_logprobs fwd: one read of the logits, N V e, plus targets int64 read (8 N) and logp fp32 written
     (4 N). The torch reference moves several times more (it materializes [N, V] temporaries); that is
     exactly what the effective-bandwidth comparison shows.
     """
     N, e = B * T, torch.finfo(dtype).bits // 8
     if op == "grpo_loss":
-        return 3 * N * V * e + N * (16 + 1 + 4) + 4 * B
+        return 2 * N * V * e + N * (8 + 1 + 4) + 4 * B
     return N * V * e + N * (8 + 4)
 
 
@@ -73,6 +81,39 @@ def make_batch(B: int, T: int, V: int, dtype, device, seed: int = 0) -> dict:
     return dict(logits=logits, targets=targets, mask=mask, advantages=adv, old_logp=old)
 
 
+def liger_grpo_loss():
+    """Liger-Kernel's Triton GRPO loss function, or None when liger_kernel is not installed."""
+    try:
+        from liger_kernel.transformers.grpo_loss import triton_grpo_loss
+    except Exception:  # noqa: BLE001 -- not installed, or an install that does not import here
+        return None
+    return triton_grpo_loss
+
+
+class LigerLoss:
+    """f(logits) for Liger's triton_grpo_loss with our default LossConfig (token_mean = Liger's "bnpo":
+    sum(mask * loss) / sum(mask), eps 0.2 / 0.2, beta 0, T = 1). Liger drops the last position of its
+    (B, T + 1, V) logits, so it reads a padded copy made once here; each call makes that copy a fresh leaf
+    (the `x` passed in is unused) and keeps it in `leaf`, whose gradient evaluate() compares."""
+
+    def __init__(self, fn, batch: dict):
+        import inspect
+        lg = batch["logits"]
+        self.fn, self.leaf = fn, None
+        self.padded = torch.cat([lg, lg.new_zeros(lg.shape[0], 1, lg.shape[2])], dim=1)
+        self.args = (batch["old_logp"], None, batch["targets"], batch["advantages"], batch["mask"].to(torch.int32))
+        self.mask = batch["mask"].to(torch.float32)
+        self.reduces = "reduce" in inspect.signature(fn).parameters  # liger >= 0.6.x: loss_type / reduce
+
+    def __call__(self, x):
+        self.leaf = self.padded.detach().requires_grad_(x.requires_grad)
+        kw = dict(temperature=1.0, beta=0.0, eps_low=0.2, eps_high=0.2, inplace=False)
+        if self.reduces:
+            return self.fn(self.leaf, *self.args, loss_type="bnpo", reduce=True, **kw)[0]
+        per_token = self.fn(self.leaf, *self.args, **kw)[0]
+        return (per_token * self.mask).sum() / self.mask.sum().clamp(min=1.0)
+
+
 def make_fns(op: str, names: list, batch: dict) -> dict:
     """name -> f(logits) for the requested providers: the loss tensor (grpo_loss) or logp (token_logprobs).
     `compile` wraps the reference function itself (dynamic=False, one graph per shape and dtype)."""
@@ -80,6 +121,10 @@ def make_fns(op: str, names: list, batch: dict) -> dict:
     t, m, a, old = batch["targets"], batch["mask"], batch["advantages"], batch["old_logp"]
     fns = {}
     for name in names:
+        if name == "liger":
+            if op == "grpo_loss":  # Liger has no selective-logprob op with this API: grpo_loss only
+                fns[name] = LigerLoss(liger_grpo_loss(), batch)
+            continue
         if op == "grpo_loss":
             if name == "compile":
                 ref = torch.compile(grpo_loss_ref, dynamic=False)
@@ -115,6 +160,8 @@ def evaluate(op: str, f, logits) -> tuple:
         x = logits.detach().requires_grad_()
         loss = f(x)
         loss.backward()
+        if isinstance(f, LigerLoss):  # its own padded leaf: the gradient of our T positions
+            return loss.detach().float(), f.leaf.grad[:, :-1]
         return loss.detach().float(), x.grad
     with torch.no_grad():
         return f(logits).float(), None
@@ -274,10 +321,13 @@ def parse_args(argv=None):
     a.device = a.device or common.default_device()
     dev = torch.device(a.device).type
     ours = ["cpu"] if dev == "cpu" else ["cuda"] + (["triton"] if ops._backend.triton_available() else [])
-    a.providers = a.providers.split(",") if a.providers else ours + ["torch", "compile"]
+    peers = ["liger"] if dev == "cuda" and liger_grpo_loss() is not None else []
+    a.providers = a.providers.split(",") if a.providers else ours + peers + ["torch", "compile"]
     for name in a.providers:
         if name not in BACKEND_OF:
             p.error(f"--providers: unknown {name!r}; expected some of {', '.join(BACKEND_OF)}")
+    if "liger" in a.providers and (dev != "cuda" or liger_grpo_loss() is None):
+        p.error("--providers: liger needs a CUDA device and the liger_kernel package (its GRPO loss is Triton)")
     a.ops = a.ops.split(",")
     if any(o not in OPS for o in a.ops):
         p.error(f"--ops: expected some of {', '.join(OPS)}, got {a.ops}")

@@ -202,7 +202,11 @@ def device_name(device) -> str:
 
 
 def git_rev() -> str:
-    """`git rev-parse --short HEAD` of the repository (+dirty when tracked files differ), or "unknown"."""
+    """`git rev-parse --short HEAD` of the repository (+dirty when tracked files differ), or "unknown".
+    GRPO_GIT_REV overrides it: a snapshot of a commit run where the repository's .git is not (the GPU
+    machine gets `git archive` of a commit, see bench/gpu_session.sh)."""
+    if os.environ.get("GRPO_GIT_REV"):
+        return os.environ["GRPO_GIT_REV"]
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                              timeout=10)

@@ -5,6 +5,10 @@
 #
 #   bash bench/gpu_session.sh build test:tests/test_gpu.py bench:loss bench:fused_linear
 #
+# Run it from a snapshot of a commit, so work in progress does not travel and the rows name the commit:
+#   rm -rf .snap && mkdir .snap && git archive HEAD | tar -x -C .snap && git rev-parse --short HEAD > .snap/.rev
+# (.snap is in .git/info/exclude; the device call carries it and runs `cd .snap && bash bench/gpu_session.sh ...`).
+#
 # Each step's output goes to $OUT/<step>.log; a failed step is reported and the next one still runs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +16,7 @@ OUT=${OUT:-/tmp/grpo-gpu-out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 PY=${PY:-python3}
+[ -f .rev ] && export GRPO_GIT_REV="$(cat .rev)"
 status=0
 
 step() {  # step NAME CMD...: runs CMD with its output in $OUT/NAME.log, prints the tail and the time

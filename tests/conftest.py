@@ -11,6 +11,8 @@ import pytest
 import torch
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+if not torch.cuda.is_available():  # Triton kernels run in its interpreter; read when @triton.jit runs
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture

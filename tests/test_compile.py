@@ -50,7 +50,11 @@ def test_opcheck_loss_and_advantages():
     coef = mask / mask.sum()
     adv = torch.randn(B)
     old = torch.randn(B, T) * 0.1 - 2.0
-    args = (logits, targets, mask, coef, adv, old, None, None, 0.2, 0.28, 0.0, 0.0, "k3", "token", "", 3.0, 1.0,
-            False, "cpu")
-    torch.library.opcheck(torch.ops.grpo.grpo_loss.default, args)
+    for want_grad in (False, True):  # dlogits by the backward from the logits, or made in the forward
+        args = (logits, targets, mask, coef, adv, old, None, None, 0.2, 0.28, 0.0, 0.0, "k3", "token", "", 3.0, 1.0,
+                False, want_grad, "cpu")
+        # want_grad=True is the eager path only (grpo_loss passes False under torch.compile: its backward
+        # checks the upstream gradient on the host), so it is not put through the AOT-dispatch tracer.
+        utils = ("test_schema", "test_autograd_registration", "test_faketensor") if want_grad else None
+        torch.library.opcheck(torch.ops.grpo.grpo_loss.default, args, **({"test_utils": utils} if utils else {}))
     torch.library.opcheck(torch.ops.grpo.group_advantages.default, (torch.randn(8), 4, 0, 0, 1e-4, "cpu"))

@@ -77,10 +77,13 @@ CASES = [(n, False) for n in CONFIGS] + [(n, True) for n in ON_POLICY]
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("name,on_policy", CASES)
-def test_loss_matches_reference(seed, name, shape, dtype, on_policy):
+@pytest.mark.parametrize("upstream", ["one", "random"])
+def test_loss_matches_reference(seed, name, shape, dtype, on_policy, upstream):
+    """upstream "one": loss.backward(), served by the dlogits the forward wrote; "random": a scaled loss,
+    whose backward recomputes dlogits with the upstream gradient folded in."""
     config = CONFIGS[name]
     inp = make_inputs(*shape, dtype, config, on_policy=on_policy)
-    g = torch.randn(()).item()
+    g = 1.0 if upstream == "one" else torch.randn(()).item()
     kern = run_loss(lambda *a, **k: ops.grpo_loss(*a, backend="cpu", **k), inp, config, g)
     naive = run_loss(grpo_loss_ref, inp, config, g)
     ref = run_loss(grpo_loss_ref, inp, config, g, dtype=torch.float64)
@@ -139,6 +142,20 @@ def test_zero_advantages_zero_beta_zero_gradient(seed):
         for backend in ("cpu", "torch"):
             _, grad, _ = run_loss(lambda *a, **k: ops.grpo_loss(*a, backend=backend, **k), inp, config, 1.0)
             assert torch.count_nonzero(grad) == 0, (backend, config)
+
+
+def test_second_backward_through_the_same_graph_raises(seed):
+    inp = make_inputs(2, 3, 40, torch.float32, LossConfig())
+    x = inp["logits"].clone().requires_grad_()
+    out = ops.grpo_loss(x, inp["targets"], inp["mask"], inp["advantages"], old_logp=inp["old_logp"], backend="cpu")
+    out.loss.backward(retain_graph=True)
+    first = x.grad.clone()
+    with pytest.raises(RuntimeError, match="backward ran twice"):
+        out.loss.backward()
+    assert torch.equal(x.grad, first)  # nothing was accumulated twice
+    out = ops.grpo_loss(x, inp["targets"], inp["mask"], inp["advantages"], old_logp=inp["old_logp"], backend="cpu")
+    (out.loss * 2.0).backward(retain_graph=True)  # a scaled loss recomputes, so it may run twice
+    (out.loss * 2.0).backward()
 
 
 def test_no_grad_forward_and_inplace_safety(seed):

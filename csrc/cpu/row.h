@@ -135,8 +135,9 @@ struct RowSums {
   float entropy() const { return (float)(std::log(s) - t / s); }
 };
 
-template <bool kEntropy, typename T, typename S>
-RowSums row_stats_impl(const T* row, int64_t V, S scale) {
+// Row max of z = row / T and whether any z is NaN: the first pass, streaming the row from memory.
+template <typename T, typename S>
+float row_max(const T* row, int64_t V, S scale, bool* has_nan_out) {
   const int64_t Vv = V - V % kW;
   vf mx = splat(-INFINITY);
   vi nan = vi{} + 0;
@@ -153,7 +154,16 @@ RowSums row_stats_impl(const T* row, int64_t V, S scale) {
     m = z > m ? z : m;
     has_nan |= z != z;
   }
-  if (has_nan || m == -INFINITY) return RowSums{m, NAN, NAN};  // as torch: NaN row, or all -inf -> NaN
+  *has_nan_out = has_nan;
+  return m;
+}
+
+// Pass 2 of the statistics: s = sum exp(z - m) and (kEntropy) t = sum exp(z - m)(z - m), partial sums
+// folded into double every kChunk elements; with kStore each exp is also stored to e[j] (float; e may
+// alias row when T is float: each element is read before it is overwritten).
+template <bool kEntropy, bool kStore, typename T, typename S>
+RowSums row_sum_exp(const T* row, float* e, int64_t V, float m, S scale) {
+  const int64_t Vv = V - V % kW;
   double s = 0.0, t = 0.0;
   const vf zero = splat(0.0f);
   for (int64_t c0 = 0; c0 < Vv; c0 += kChunk) {
@@ -161,20 +171,30 @@ RowSums row_stats_impl(const T* row, int64_t V, S scale) {
     vf sv = zero, tv = zero;
     for (int64_t j = c0; j < c1; j += kW) {
       vf d = scale(vload(row + j)) - m;
-      vf e = vexp_nonpos(d);
-      sv += e;
-      if (kEntropy) tv += e > 0.0f ? e * d : zero;
+      vf ev = vexp_nonpos(d);
+      if (kStore) vstore(e + j, ev);
+      sv += ev;
+      if (kEntropy) tv += ev > 0.0f ? ev * d : zero;
     }
     s += hsum(sv);
     if (kEntropy) t += hsum(tv);
   }
   for (int64_t j = Vv; j < V; ++j) {
     float d = scale(load(row, j)) - m;
-    float e = fexp(d);
-    s += e;
-    t += e > 0.0f ? e * d : 0.0f;
+    float ev = fexp(d);
+    if (kStore) e[j] = ev;
+    s += ev;
+    t += ev > 0.0f ? ev * d : 0.0f;
   }
   return RowSums{m, s, t};
+}
+
+template <bool kEntropy, typename T, typename S>
+RowSums row_stats_impl(const T* row, int64_t V, S scale) {
+  bool has_nan;
+  const float m = row_max(row, V, scale, &has_nan);
+  if (has_nan || m == -INFINITY) return RowSums{m, NAN, NAN};  // as torch: NaN row, or all -inf -> NaN
+  return row_sum_exp<kEntropy, false>(row, nullptr, V, m, scale);
 }
 
 template <bool kEntropy, typename T>
@@ -224,6 +244,35 @@ void row_grad(const T* row, T* out, int64_t V, int64_t target, float m, float lo
               float g_ent, float temperature) {
   if (temperature == 1.0f) return row_grad_impl(row, out, V, target, m, logs, H, g_logp, g_ent, 1.0f, NoScale{});
   row_grad_impl(row, out, V, target, m, logs, H, g_logp, g_ent, temperature, DivScale{temperature});
+}
+
+// The fused loss's one-exp gradient path (forward and backward of one row while it is in cache), for rows
+// whose max is finite and which hold no NaN (the others take row_stats + row_grad: torch's NaN answers):
+// pass 2 stores e_j = exp(z_j - m) to `e` (the dlogits row itself when it is float) while summing it;
+// pass 3 writes c e_j with c = -g / (T s), one rounding per element. One exp per element instead of two
+// (the statistics pass and the gradient pass each took one), and p_j = e_j / s without log s's rounding.
+template <typename T>
+float row_max(const T* row, int64_t V, float temperature, bool* has_nan) {
+  if (temperature == 1.0f) return row_max(row, V, NoScale{}, has_nan);
+  return row_max(row, V, DivScale{temperature}, has_nan);
+}
+
+template <bool kEntropy, typename T>
+RowSums row_exp(const T* row, float* e, int64_t V, float m, float temperature) {
+  if (temperature == 1.0f) return row_sum_exp<kEntropy, true>(row, e, V, m, NoScale{});
+  return row_sum_exp<kEntropy, true>(row, e, V, m, DivScale{temperature});
+}
+
+// out_j = c e_j (c = -g / (T s)); out[target] = g (1 - p_t) / T. `out` may alias `e` (float rows).
+template <typename T>
+void row_scale_grad(const float* e, T* out, int64_t V, int64_t target, double s, float g, float temperature) {
+  const int64_t Vv = V - V % kW;
+  const float c = (float)(-(double)g / ((double)temperature * s));
+  const float p_t = (float)((double)e[target] / s);
+  const float v_t = g * (1.0f - p_t) / temperature;
+  for (int64_t j = 0; j < Vv; j += kW) vstore(out + j, c * vload(e + j));
+  for (int64_t j = Vv; j < V; ++j) store(out, j, c * e[j]);
+  store(out, target, v_t);
 }
 
 }  // namespace cpu

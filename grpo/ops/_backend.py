@@ -35,8 +35,9 @@ def resolve(backend: str, t: torch.Tensor, arg: str = "logits") -> str:
     if backend == "triton":
         if not triton_available():
             raise ValueError("backend='triton': the Triton kernels are not available in this build")
-        if not t.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-            raise ValueError(f"backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1); {arg} is on {t.device}")
+        if not t.is_cuda and not triton_on_cpu():
+            raise ValueError(f"backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for Triton's CPU "
+                             f"interpreter); {arg} is on {t.device}")
     if backend == "cpu" and t.device.type != "cpu":
         raise ValueError(f"backend='cpu' needs CPU tensors; {arg} is on {t.device}")
     if backend == "cuda" and not t.is_cuda:
@@ -51,6 +52,12 @@ def triton_available() -> bool:
     except ImportError:
         return False
     return bool(getattr(kernels, "AVAILABLE", False))
+
+
+def triton_on_cpu() -> bool:
+    """backend='triton' on CPU tensors runs Triton's interpreter, under TRITON_INTERPRET=1 (read by triton
+    when the kernels are defined, so it must be set before grpo.kernels is imported)."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def launch_args(t: torch.Tensor) -> dict:

@@ -29,6 +29,10 @@ def group_advantages_ref(rewards, group_size, *, scale="group", estimator="grpo"
 # --- launchers ----------------------------------------------------------------------------------------
 def _launch(rewards, group_size, scale_code, est_code, eps, backend="cpu"):
     r = rewards.to(torch.float32).contiguous()
+    if backend == "triton":
+        from grpo.kernels import advantages as tk
+        adv, zero = tk.group_advantages(r, group_size, scale_code, est_code, eps)
+        return adv, zero.view(torch.bool)
     adv = torch.empty_like(r)
     zero = torch.empty(r.shape[0] // group_size, dtype=torch.uint8, device=r.device)
     _backend.native().advantages(**_backend.launch_args(r), rewards=r.data_ptr(), advantages=adv.data_ptr(),

@@ -38,6 +38,9 @@ def launch_logprobs(logits2d, targets1d, temperature, with_entropy, want_stats=T
     """(N, V) logits, (N,) int64 targets -> logp (N,), stats (N, 2) [row max, log sum exp(z - max)],
     entropy (N,), all float32 (stats/entropy may be None). `backend`: a resolved one ("cpu", "cuda",
     "triton"); "cpu" and "cuda" both go to grpo._C, which picks the device from the tensor."""
+    if backend == "triton":
+        from grpo.kernels import logprobs as tk
+        return tk.logprobs(logits2d, targets1d, temperature, with_entropy, want_stats)
     N, V = logits2d.shape
     f32 = dict(dtype=torch.float32, device=logits2d.device)
     logp = torch.empty(N, **f32)
@@ -54,6 +57,9 @@ def launch_logprobs(logits2d, targets1d, temperature, with_entropy, want_stats=T
 def launch_softmax_grad(logits2d, targets1d, stats, entropy, g_logp, g_ent, temperature, out=None, backend="cpu"):
     """dlogits (N, V) in the logits' dtype: d/dz of sum(g_logp * logp + g_ent * entropy). `out` may be
     logits2d itself (in place)."""
+    if backend == "triton":
+        from grpo.kernels import logprobs as tk
+        return tk.softmax_grad(logits2d, targets1d, stats, entropy, g_logp, g_ent, temperature, out=out)
     N, V = logits2d.shape
     out = torch.empty((N, V), dtype=logits2d.dtype, device=logits2d.device) if out is None else out
     _backend.native().softmax_grad(

@@ -89,6 +89,8 @@ def launch_loss(logits2d, targets1d, mask, coef, adv, old, ref, samp, config: Lo
     Returns (tok_loss (N,), logp (N,), entropy (N,) or None, stats (N, 2), g (N,) = dLoss/dlogp), all float32.
     With `dlogits` (N, V) given (it may be logits2d itself: in place), the same launch also writes the
     unscaled gradient while each row is hot: the one-launch forward+backward the fused linear op uses."""
+    if backend == "triton":
+        return _launch_loss_triton(logits2d, targets1d, mask, coef, adv, old, ref, samp, config, dlogits)
     B, T = mask.shape
     N, V = logits2d.shape
     f32 = dict(dtype=torch.float32, device=logits2d.device)
@@ -118,59 +120,105 @@ def launch_loss(logits2d, targets1d, mask, coef, adv, old, ref, samp, config: Lo
     return tok_loss, logp, ent, stats, g
 
 
+def _launch_loss_triton(logits2d, targets1d, mask, coef, adv, old, ref, samp, config, dlogits):
+    """launch_loss on grpo.kernels: token-level configs in one fused launch; sequence-level ones as row stats
+    -> per-sequence head -> softmax-gradient pass (no [N, V] temporary)."""
+    from grpo.kernels import loss as tk
+    from grpo.kernels.logprobs import logprobs as tk_logprobs, softmax_grad as tk_softmax_grad
+
+    B, T = mask.shape
+    head = dict(eps_low=config.eps_low, eps_high=config.eps_high, dual_clip=config.dual_clip or 0.0,
+                beta=config.beta, kl=KL_ESTIMATORS.get(config.kl).code, is_cap=config.is_cap,
+                is_mode=IS_NONE_CODE if config.is_mode is None else IS_MODES.get(config.is_mode).code)
+    flat = lambda t: None if t is None else t.reshape(-1)  # noqa: E731  (B, T) contiguous -> (N,)
+    if config.tokenwise:
+        return tk.fused_loss(logits2d, targets1d, flat(coef), adv, flat(old), flat(ref), flat(samp), T_seq=T,
+                             temperature=config.temperature, entropy=config.entropy, dlogits=dlogits, **head)
+    logp, stats, ent = tk_logprobs(logits2d, targets1d, config.temperature, config.entropy, True)
+    tok_loss, g = tk.sequence_head(logp.view(B, T), mask, coef, adv, old, ref, samp,
+                                   ratio_level=RATIO_LEVELS.get(config.ratio_level).code, **head)
+    tok_loss, g = tok_loss.reshape(-1), g.reshape(-1)
+    if dlogits is not None:
+        tk_softmax_grad(logits2d, targets1d, stats, None, g, None, config.temperature, out=dlogits)
+    return tok_loss, logp, ent, stats, g
+
+
 def _f32(t):
     return None if t is None else t.to(torch.float32).contiguous()
 
 
-# --- custom op + autograd -----------------------------------------------------------------------------
-# Forward: one read of the logits (row stats, logp, per-token loss and g = dLoss/dlogp). Backward: one
-# read + write (dlogits = g * g_out * (onehot - p) / T). Folding the upstream gradient in before the single
-# rounding to the logits' dtype keeps bf16 gradients within half an ulp.
+# --- custom ops + autograd ----------------------------------------------------------------------------
+# When the logits need a gradient, the forward writes dlogits for an upstream gradient of 1 in the same
+# launch as the loss, while each row is hot (one read of the logits from memory, one write of dlogits):
+# the backward of `loss.backward()` then has nothing left to do. Any other upstream gradient (a loss
+# scaled after the op) makes the backward recompute dlogits with g * g_out folded in before the single
+# rounding to the logits' dtype (one more read + write; pass num_tokens / num_sequences instead of
+# scaling the loss to stay on the fast path).
 @torch.library.custom_op("grpo::grpo_loss", mutates_args=())
 def _loss_op(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, coef: torch.Tensor,
              advantages: torch.Tensor, old_logp: torch.Tensor | None, ref_logp: torch.Tensor | None,
              sampling_logp: torch.Tensor | None, eps_low: float, eps_high: float, dual_clip: float, beta: float,
              kl: str, ratio_level: str, is_mode: str, is_cap: float, temperature: float, entropy: bool,
-             backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+             want_grad: bool, backend: str
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     V = logits.shape[-1]
     _checks.check_targets_range("targets", targets, V)
     config = LossConfig(eps_low=eps_low, eps_high=eps_high, dual_clip=dual_clip or None, beta=beta, kl=kl,
                         ratio_level=ratio_level, is_mode=is_mode or None, is_cap=is_cap, temperature=temperature,
                         entropy=entropy)
+    dlogits = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device) if want_grad else None
     tok_loss, logp, ent, stats, g = launch_loss(logits.view(-1, V), targets.reshape(-1), mask, coef, advantages,
-                                                old_logp, ref_logp, sampling_logp, config, backend=backend)
+                                                old_logp, ref_logp, sampling_logp, config,
+                                                dlogits=None if dlogits is None else dlogits.view(-1, V),
+                                                backend=backend)
     loss = (tok_loss.view(mask.shape).double() * coef).sum().to(torch.float32)
     ent = ent.view(mask.shape) if ent is not None else logp.new_empty(0)
-    return loss, logp.view(mask.shape), ent, stats, g
+    dlogits = dlogits if dlogits is not None else logits.new_empty(0)
+    return loss, logp.view(mask.shape), ent, stats, g, dlogits
 
 
 @_loss_op.register_fake
 def _(logits, targets, mask, coef, advantages, old_logp, ref_logp, sampling_logp, eps_low, eps_high, dual_clip,
-      beta, kl, ratio_level, is_mode, is_cap, temperature, entropy, backend):
+      beta, kl, ratio_level, is_mode, is_cap, temperature, entropy, want_grad, backend):
     f = dict(dtype=torch.float32)
     N = mask.numel()
     ent = mask.new_empty(mask.shape, **f) if entropy else mask.new_empty(0, **f)
+    dl = torch.empty_like(logits, memory_format=torch.contiguous_format) if want_grad else logits.new_empty(0)
     return (mask.new_empty((), **f), mask.new_empty(mask.shape, **f), ent, mask.new_empty((N, 2), **f),
-            mask.new_empty(N, **f))
+            mask.new_empty(N, **f), dl)
 
 
 def _setup_context(ctx, inputs, output):
     logits, targets = inputs[0], inputs[1]
-    ctx.save_for_backward(logits, targets, output[3], output[4])
-    ctx.temperature, ctx.backend = inputs[16], inputs[18]
+    ctx.save_for_backward(logits, targets, output[3], output[4], output[5])
+    ctx.temperature, ctx.want_grad, ctx.backend = inputs[16], inputs[18], inputs[19]
 
 
-def _backward(ctx, g_loss, g_logp, g_ent, g_stats, g_g):
-    logits, targets, stats, g = ctx.saved_tensors
+def _backward(ctx, g_loss, g_logp, g_ent, g_stats, g_g, g_dl):
+    logits, targets, stats, g, dlogits = ctx.saved_tensors
+    if ctx.want_grad and bool((g_loss == 1.0).all()):  # the forward's buffer is the answer (a host check)
+        # Handed to autograd as the gradient, so a second backward through the same graph
+        # (retain_graph=True) would find it consumed: refuse rather than return a shared buffer.
+        if getattr(ctx, "consumed", False):
+            raise RuntimeError("grpo_loss: backward ran twice through the same graph; its gradient buffer was "
+                               "already handed out (call grpo_loss again instead of retain_graph=True)")
+        ctx.consumed = True
+        return (dlogits,) + (None,) * 19
     empty = g.new_empty(0)
     dlogits = _softmax_grad_op(logits, targets, stats, empty, g * g_loss, empty, ctx.temperature, ctx.backend)
-    return (dlogits,) + (None,) * 18
+    return (dlogits,) + (None,) * 19
 
 
 _loss_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 # --- functional API -----------------------------------------------------------------------------------
+def _forward_grad(logits) -> bool:
+    """Whether the forward writes dlogits: when they will be needed, in eager mode. Under torch.compile the
+    backward's host check cannot be traced, so the graph takes the recomputing backward instead."""
+    return torch.is_grad_enabled() and logits.requires_grad and not torch.compiler.is_compiling()
+
+
 def _check_loss_inputs(logits, targets, mask, advantages, old_logp, ref_logp, sampling_logp, config, dtypes):
     if not isinstance(config, LossConfig):
         raise TypeError(f"config: expected a grpo.ops.LossConfig, got {type(config).__name__}")
@@ -219,10 +267,10 @@ def grpo_loss(logits, targets, mask, advantages, *, old_logp=None, ref_logp=None
     adv, old, ref, samp = _f32(advantages), _f32(old_logp), _f32(ref_logp), _f32(sampling_logp)
     ref = ref if config.beta != 0.0 else None
     samp = samp if config.is_mode is not None else None
-    loss, logp, ent, _, _ = _loss_op(logits, targets.to(torch.int64).contiguous(), m, coef, adv, old, ref, samp,
+    loss, logp, ent, _, _, _ = _loss_op(logits, targets.to(torch.int64).contiguous(), m, coef, adv, old, ref, samp,
                                   float(config.eps_low), float(config.eps_high), float(config.dual_clip or 0.0),
                                   float(config.beta), config.kl, config.ratio_level, config.is_mode or "",
                                   float(config.is_cap), float(config.temperature), bool(config.entropy),
-                                  backend)
+                                  _forward_grad(logits), backend)
     metrics = loss_metrics(logp.detach(), m, adv, old, ref_logp, samp, config, ent if config.entropy else None)
     return LossOutput(loss, metrics)

@@ -1,0 +1,286 @@
+"""The Triton backend (grpo.kernels) against the reference by the numerics rule of DESIGN.md section 5,
+forward and backward together with the same random upstream gradient: group advantages, token logprobs
+(+ entropy) and the GRPO loss for every LossConfig of test_loss, odd shapes, fp32 and bf16, the multi-tile
+vocab loop, and launch_loss's one-launch dlogits path (also in place).
+
+Without a GPU the kernels run in Triton's interpreter (conftest sets TRITON_INTERPRET=1; ~1 ms per program
+instance), so the CPU shapes are small and MAX_BLOCK_V is forced down where the tile loop must run more
+than once. With a GPU the same tests run compiled, plus the larger shapes marked `gpu`.
+"""
+import pytest
+import torch
+
+from conftest import check_rule
+from grpo import kernels, ops
+from grpo.kernels import logprobs as tk_logprobs
+from grpo.ops import LossConfig, group_advantages_ref, grpo_loss_ref, token_logprobs_ref
+from grpo.ops.loss import launch_loss
+from grpo.ops.variants import AGGREGATIONS
+from test_loss import CONFIGS, make_inputs, run_loss
+
+CUDA = torch.cuda.is_available()
+DEV = "cuda" if CUDA else "cpu"
+DTYPES = [torch.float32, torch.bfloat16]
+needs_cuda = pytest.mark.skipif(not CUDA, reason="no CUDA device")
+pytestmark = pytest.mark.skipif(not kernels.AVAILABLE, reason="Triton backend unavailable (no triton, or no CUDA "
+                                                                 "device and TRITON_INTERPRET unset)")
+
+
+@pytest.fixture
+def small_tiles(monkeypatch):
+    """BLOCK_V = 256: V = 1000 / 4097 run 4 / 17 tiles, the last one partial."""
+    monkeypatch.setattr(tk_logprobs, "MAX_BLOCK_V", 256)
+
+
+def _dev(inp):
+    return {k: (v.to(DEV) if isinstance(v, torch.Tensor) else v) for k, v in inp.items()}
+
+
+def _cpu(xs):
+    return [x.detach().cpu() if isinstance(x, torch.Tensor) else x for x in xs]
+
+
+# --- grpo_loss --------------------------------------------------------------------------------------
+def check_loss(name, shape, dtype, on_policy=False, g=None):
+    config = CONFIGS[name]
+    inp = _dev(make_inputs(*shape, dtype, config, on_policy=on_policy))
+    g = torch.randn(()).item() if g is None else g
+    kern = _cpu(run_loss(lambda *a, **k: ops.grpo_loss(*a, backend="triton", **k), inp, config, g))
+    naive = _cpu(run_loss(grpo_loss_ref, inp, config, g))
+    ref = _cpu(run_loss(grpo_loss_ref, inp, config, g, dtype=torch.float64))
+    assert kern[0].dtype == torch.float32 and kern[1].dtype == dtype
+    check_rule("loss", kern[0], naive[0], ref[0])
+    check_rule("dlogits", kern[1], naive[1], ref[1], grad=True)
+    for k in kern[2]:  # diagnostics derived from logp (held to the rule by the logprobs tests)
+        torch.testing.assert_close(kern[2][k].double(), ref[2][k].double(), rtol=2e-5, atol=2e-6, msg=k)
+
+
+SHAPES = [(2, 3, 1), (4, 5, 7), (2, 4, 1000), (1, 1, 4097), (3, 2, 4097)]
+CASES = [(n, False) for n in CONFIGS] + [(n, True) for n in ("default", "gspo", "is_seq_mask_gspo", "k3_beta")]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("name,on_policy", CASES)
+def test_triton_loss(seed, name, on_policy, shape, dtype):
+    check_loss(name, shape, dtype, on_policy)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(2, 4, 1000), (3, 2, 4097)])
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_triton_loss_multi_tile(seed, small_tiles, name, shape, dtype):
+    check_loss(name, shape, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_triton_loss_unit_upstream_gradient(seed, name, dtype):
+    # g = 1: grpo_loss may hand back the dlogits its forward launch wrote (the one-launch path)
+    check_loss(name, (3, 2, 1000), dtype, g=1.0)
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(8, 256, 32000), (2, 8, 151936)])
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_triton_loss_large(seed, name, shape, dtype):
+    check_loss(name, shape, dtype)
+
+
+# --- launch_loss with dlogits: the one-launch forward + backward the fused linear op uses ----------------
+def _launch_inputs(inp, config):
+    logits = inp["logits"]
+    V = logits.shape[-1]
+    m = inp["mask"].to(torch.float32).contiguous()
+    coef = AGGREGATIONS.get(config.loss_agg).extra(m, None, None, config.max_completion_length)
+    f32 = lambda t: None if t is None else t.to(torch.float32).contiguous()  # noqa: E731
+    return (logits.reshape(-1, V), inp["targets"].reshape(-1).contiguous(), m, f32(coef), f32(inp["advantages"]),
+            f32(inp["old_logp"]), f32(inp["ref_logp"]) if config.beta != 0.0 else None,
+            f32(inp["sampling_logp"]) if config.is_mode is not None else None)
+
+
+def check_launch_loss(name, shape, dtype, in_place):
+    config = CONFIGS[name]
+    inp = _dev(make_inputs(*shape, dtype, config))
+    logits2d, t1d, m, coef, adv, old, ref, samp = _launch_inputs(inp, config)
+    src = logits2d.clone()
+    out = src if in_place else torch.empty_like(src)
+    tok_loss, logp, ent, stats, g = launch_loss(src, t1d, m, coef, adv, old, ref, samp, config, dlogits=out,
+                                                backend="triton")
+    if not in_place:
+        assert torch.equal(src, logits2d), "launch_loss changed its logits without being asked to"
+    loss = (tok_loss.view(m.shape).double() * coef).sum().to(torch.float32)
+    naive = _cpu(run_loss(grpo_loss_ref, inp, config, 1.0))
+    ref64 = _cpu(run_loss(grpo_loss_ref, inp, config, 1.0, dtype=torch.float64))
+    assert out.dtype == dtype and logp.shape == (m.numel(),) and stats.shape == (m.numel(), 2)
+    assert (ent is not None) == config.entropy
+    check_rule("loss", loss.cpu(), naive[0], ref64[0])
+    check_rule("dlogits", out.view(shape).cpu(), naive[1], ref64[1], grad=True)
+    lp64 = token_logprobs_ref(inp["logits"].double(), inp["targets"], temperature=config.temperature)
+    lpd = token_logprobs_ref(inp["logits"], inp["targets"], temperature=config.temperature)
+    check_rule("logp", logp.view(m.shape).cpu(), lpd.cpu(), lp64.cpu())
+
+
+@pytest.mark.parametrize("in_place", [True, False], ids=["in_place", "out"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(2, 3, 7), (3, 2, 1000)])
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_triton_launch_loss_dlogits(seed, name, shape, dtype, in_place):
+    check_launch_loss(name, shape, dtype, in_place)
+
+
+@pytest.mark.parametrize("name", ["default", "is_token_truncate", "gspo"])
+def test_triton_launch_loss_dlogits_multi_tile(seed, small_tiles, name):
+    check_launch_loss(name, (2, 2, 4097), torch.bfloat16, True)
+
+
+# --- token_logprobs -----------------------------------------------------------------------------------
+def _fwd_bwd(fn, logits, targets, g_lp, g_ent, temperature):
+    x = logits.detach().clone().requires_grad_()
+    lp, ent = fn(x, targets, temperature=temperature, with_entropy=True)
+    ((lp * g_lp).sum() + (ent * g_ent).sum()).backward()
+    return lp.detach().cpu(), ent.detach().cpu(), x.grad.cpu()
+
+
+def check_logprobs(shape, dtype, temperature, logits=None):
+    if logits is None:
+        logits = (torch.randn(*shape) * 3).to(dtype)
+    logits = logits.to(DEV)
+    targets = torch.randint(0, shape[-1], shape[:2], device=DEV)
+    g_lp, g_ent = torch.randn(shape[:2], device=DEV), torch.randn(shape[:2], device=DEV)
+    kern = _fwd_bwd(lambda *a, **k: ops.token_logprobs(*a, backend="triton", **k), logits, targets, g_lp, g_ent,
+                    temperature)
+    naive = _fwd_bwd(token_logprobs_ref, logits, targets, g_lp, g_ent, temperature)
+    ref = _fwd_bwd(token_logprobs_ref, logits.double(), targets, g_lp.double(), g_ent.double(), temperature)
+    assert kern[0].dtype == torch.float32 and kern[1].dtype == torch.float32 and kern[2].dtype == logits.dtype
+    check_rule("logp", kern[0], naive[0], ref[0])
+    check_rule("entropy", kern[1], naive[1], ref[1])
+    check_rule("dlogits", kern[2], naive[2], ref[2], grad=True)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(2, 3, 1), (3, 5, 7), (2, 4, 1000), (1, 1, 4097), (2, 3, 4097), (2, 16, 32000)])
+def test_triton_logprobs(seed, shape, dtype, temperature):
+    check_logprobs(shape, dtype, temperature)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 1.3])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(2, 4, 1000), (1, 3, 4097)])
+def test_triton_logprobs_multi_tile(seed, small_tiles, shape, dtype, temperature):
+    check_logprobs(shape, dtype, temperature)
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", [(4, 64, 32000), (8, 256, 32000), (2, 8, 151936)])
+def test_triton_logprobs_large(seed, shape, dtype):
+    check_logprobs(shape, dtype, 0.8)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # inf - inf in the interpreter
+def test_triton_logprobs_inf_nan_rows(seed, small_tiles):
+    # -inf logits give p = 0; an all -inf row, a +inf logit and a NaN logit give NaN logp, entropy and
+    # gradient rows. torch's entropy masks NaN p to 0 and its backward turns 0 * -inf into NaN rows, so the
+    # reference holds the forward on the finite rows; NaN placement and the gradient follow the C++ twin.
+    logits = torch.randn(1, 6, 300) * 3
+    logits[0, 0, 2] = float("-inf")
+    logits[0, 1, :] = float("-inf")
+    logits[0, 2, 7] = float("inf")
+    logits[0, 3, 280] = float("nan")
+    logits[0, 4, :299] = float("-inf")  # a single finite logit, in the last (partial) tile
+    targets = torch.tensor([[1, 4, 2, 5, 299, 3]])
+    g = torch.randn(2, 1, 6)
+    ok = [0, 4, 5]
+    for temperature in (1.0, 0.7):
+        got, cpu = [_fwd_bwd(lambda *a, b=be, **k: ops.token_logprobs(*a, backend=b, **k), logits.to(DEV),
+                             targets.to(DEV), g[0].to(DEV), g[1].to(DEV), temperature) for be in ("triton", "cpu")]
+        for name, x, y in zip(("logp", "entropy", "dlogits"), got, cpu):
+            assert torch.equal(torch.isnan(x), torch.isnan(y)), name
+        assert bool(torch.isnan(got[0][0, 1:4]).all()) and bool(torch.isnan(got[2][0, 1:4]).all())
+        naive = token_logprobs_ref(logits[:, ok], targets[:, ok], temperature=temperature, with_entropy=True)
+        ref = token_logprobs_ref(logits[:, ok].double(), targets[:, ok], temperature=temperature, with_entropy=True)
+        check_rule("logp", got[0][:, ok], naive[0], ref[0])
+        check_rule("entropy", got[1][:, ok], naive[1], ref[1])
+        torch.testing.assert_close(got[2][:, ok], cpu[2][:, ok], rtol=1e-5, atol=1e-6)
+
+
+def test_triton_zero_gradient_rows_are_zero_without_reading(seed):
+    # Rows with g_logp = g_ent = 0 are written as zeros without being read: NaN logits there stay out.
+    logits = torch.randn(4, 50, device=DEV)
+    logits[1] = float("nan")
+    targets = torch.randint(0, 50, (4,), device=DEV)
+    _, stats, ent = tk_logprobs.logprobs(logits, targets, 1.0, True)
+    g = torch.tensor([1.0, 0.0, -0.5, 0.0], device=DEV)
+    d = tk_logprobs.softmax_grad(logits, targets, stats, ent, g, torch.zeros(4, device=DEV), 1.0)
+    assert torch.equal(d[1], torch.zeros(50, device=DEV)) and torch.equal(d[3], torch.zeros(50, device=DEV))
+    assert torch.isfinite(d[0]).all() and torch.isfinite(d[2]).all()
+
+
+# --- group_advantages ---------------------------------------------------------------------------------
+def check_advantages(B, G, scale, estimator, kind):
+    rewards = (torch.randn(B) if kind == "gauss" else torch.randint(0, 2, (B,)).float()).to(DEV)
+    adv, zero = ops.group_advantages(rewards, G, scale=scale, estimator=estimator, backend="triton",
+                                     return_zero_std=True)
+    naive, _ = group_advantages_ref(rewards, G, scale=scale, estimator=estimator)
+    ref, ref_zero = group_advantages_ref(rewards.double(), G, scale=scale, estimator=estimator)
+    assert adv.dtype == torch.float32 and adv.shape == (B,) and zero.dtype == torch.bool
+    assert torch.equal(zero.cpu(), ref_zero.cpu())
+    check_rule("advantages", adv.cpu(), naive.cpu(), ref.cpu())
+    assert torch.equal(adv.view(-1, G)[zero], torch.zeros_like(adv.view(-1, G)[zero]))
+
+
+@pytest.mark.parametrize("kind", ["gauss", "binary"])
+@pytest.mark.parametrize("estimator", ["grpo", "rloo"])
+@pytest.mark.parametrize("scale", ["group", "batch", "none"])
+@pytest.mark.parametrize("B,G", [(1, 1), (6, 1), (8, 2), (12, 4), (21, 7), (4096, 16), (6000, 3000)])
+def test_triton_advantages(seed, B, G, scale, estimator, kind):
+    check_advantages(B, G, scale, estimator, kind)
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("scale", ["group", "batch", "none"])
+@pytest.mark.parametrize("B,G", [(100000, 8), (131072, 64)])
+def test_triton_advantages_large(seed, B, G, scale):
+    check_advantages(B, G, scale, "grpo", "gauss")
+
+
+def test_triton_advantages_equal_rewards():
+    rewards = torch.tensor([0.3, 0.3, 0.3, 0.3, 1.0, 0.0, 1.0, 0.0], device=DEV)
+    for scale in ("group", "batch", "none"):
+        for est in ("grpo", "rloo"):
+            adv, zero = ops.group_advantages(rewards, 4, scale=scale, estimator=est, backend="triton",
+                                             return_zero_std=True)
+            assert torch.equal(adv[:4].cpu(), torch.zeros(4)) and zero.tolist() == [True, False]
+            assert torch.isfinite(adv).all()
+    adv, zero = ops.group_advantages(rewards, 1, backend="triton", return_zero_std=True)
+    assert torch.equal(adv.cpu(), torch.zeros(8)) and bool(zero.all())
+
+
+# --- row offsets past 2^31 elements (GPU only: the logits alone are 5 GB) -------------------------------
+@pytest.mark.gpu
+@needs_cuda
+def test_triton_int64_row_offsets(seed):
+    N, V, tail = 16384, 151936, 3
+    x = torch.empty(N, V, dtype=torch.bfloat16, device="cuda").normal_(0.0, 2.0)
+    targets = torch.randint(0, V, (N,), device="cuda")
+    last = x[-tail:].clone()  # rows whose offsets pass 2^31 elements, kept before the in-place pass
+    config = LossConfig()
+    m = torch.ones(N // 256, 256, device="cuda")
+    coef = (m / m.sum()).contiguous()
+    adv = torch.randn(N // 256, device="cuda")
+    tok_loss, logp, _, stats, g = launch_loss(x, targets, m, coef, adv, None, None, None, config, dlogits=x,
+                                              backend="triton")
+    lp64 = torch.log_softmax(last.double(), -1).gather(-1, targets[-tail:, None]).squeeze(-1)
+    lpd = torch.log_softmax(last, -1).gather(-1, targets[-tail:, None]).squeeze(-1).float()
+    check_rule("logp", logp[-tail:].cpu(), lpd.cpu(), lp64.cpu())
+    onehot = torch.nn.functional.one_hot(targets[-tail:], V)
+    gt = g[-tail:, None]
+    ref = (gt.double() * (onehot - torch.softmax(last.double(), -1))).cpu()
+    naive = (gt * (onehot - torch.softmax(last, -1).float())).to(torch.bfloat16).cpu()
+    check_rule("dlogits", x[-tail:].cpu(), naive, ref, grad=True)
