@@ -36,8 +36,10 @@ for s in "$@"; do
       nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv > "$OUT/gpu.txt" 2>&1
       cat "$OUT/gpu.txt"
       GRPO_BUILD_CUDA=1 GRPO_BUILD_JOBS=${GRPO_BUILD_JOBS:-6} step build $PY setup.py build_ext --inplace
+      # build_ext --inplace does not map kernels/ to grpo.kernels as the editable install does
+      [ -e grpo/kernels ] || ln -s ../kernels grpo/kernels
       grep -E "ptxas info|spill" "$OUT/build.log" > "$OUT/ptxas.txt" || true
-      $PY -c "import grpo._C as C, torch; print('grpo._C', C.__file__, 'cuda:', torch.cuda.get_device_name())" ;;
+      $PY -c "import grpo._C as C, grpo.kernels as K, torch; print('grpo._C', C.__file__, 'triton backend:', K.AVAILABLE, 'cuda:', torch.cuda.get_device_name())" ;;
     test:*)
       step "test_$(basename "${s#test:}" .py)" $PY -m pytest -q -x -p no:cacheprovider "${s#test:}" ;;
     bench:*)

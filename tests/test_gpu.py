@@ -61,3 +61,19 @@ def test_cuda_advantages_match_reference(seed, B, G, scale, estimator):
     ref, rz = group_advantages_ref(rewards.double(), G, scale=scale, estimator=estimator)
     assert torch.equal(zero.cpu(), rz.cpu())
     check_rule("advantages", adv.cpu(), naive.cpu(), ref.cpu())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_masked_rows_are_not_read(seed, dtype):
+    """As tests/test_loss.py: NaN logits in masked rows change neither the loss nor the gradient."""
+    config = CONFIGS["k3_beta"]
+    inp = make_inputs(4, 64, 4097, dtype, config)
+    masked = ~inp["mask"]
+    poisoned = dict(inp, logits=inp["logits"].masked_fill(masked.unsqueeze(-1), float("nan")))
+    for g in (1.0, 0.7):
+        kern = run_loss(lambda *a, **k: ops.grpo_loss(*a, backend="cuda", **k), _cuda(poisoned), config, g)
+        naive = run_loss(grpo_loss_ref, inp, config, g)
+        ref = run_loss(grpo_loss_ref, inp, config, g, dtype=torch.float64)
+        check_rule("loss", kern[0].cpu(), naive[0], ref[0])
+        check_rule("dlogits", kern[1].cpu(), naive[1], ref[1], grad=True)
+        assert torch.equal(kern[1].cpu()[masked], torch.zeros_like(kern[1].cpu()[masked]))

@@ -144,6 +144,25 @@ def test_zero_advantages_zero_beta_zero_gradient(seed):
             assert torch.count_nonzero(grad) == 0, (backend, config)
 
 
+@pytest.mark.parametrize("name", ["default", "k3_beta", "is_token_truncate", "clip_higher_dual"])
+def test_masked_rows_are_not_read(seed, name):
+    """The fused (token-level) loss skips masked tokens (coef 0): NaN logits there change neither the loss
+    nor the gradient (zero rows), which match the reference computed with finite values in those rows.
+    (Sequence-level configs read every row: their logprobs pass has no mask.)"""
+    config = CONFIGS[name]
+    inp = make_inputs(3, 5, 33, torch.float32, config)
+    masked = ~inp["mask"]
+    assert masked.any()
+    poisoned = dict(inp, logits=inp["logits"].masked_fill(masked.unsqueeze(-1), float("nan")))
+    for g in (1.0, 0.7):
+        kern = run_loss(lambda *a, **k: ops.grpo_loss(*a, backend="cpu", **k), poisoned, config, g)
+        naive = run_loss(grpo_loss_ref, inp, config, g)
+        ref = run_loss(grpo_loss_ref, inp, config, g, dtype=torch.float64)
+        check_rule("loss", kern[0], naive[0], ref[0])
+        check_rule("dlogits", kern[1], naive[1], ref[1], grad=True)
+        assert torch.equal(kern[1][masked], torch.zeros_like(kern[1][masked]))
+
+
 def test_second_backward_through_the_same_graph_raises(seed):
     inp = make_inputs(2, 3, 40, torch.float32, LossConfig())
     x = inp["logits"].clone().requires_grad_()

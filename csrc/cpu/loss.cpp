@@ -36,6 +36,19 @@ static float row_head(const FusedLossParams& fp, int64_t n, const RowSums& st, f
   return th.g;
 }
 
+// Masked tokens (mask 0, so coef 0) are not read: logp, statistics, entropy, loss and g are 0, which
+// leaves the loss, the gradient and the masked metrics unchanged and skips their share of the logits.
+static bool skip_masked(const FusedLossParams& fp, int64_t n) {
+  if (fp.head.mask[n] != 0.0f) return false;
+  const LogprobParams& lp = fp.lp;
+  lp.logp[n] = 0.0f;
+  if (lp.stats) lp.stats[2 * n] = lp.stats[2 * n + 1] = 0.0f;
+  if (lp.entropy) lp.entropy[n] = 0.0f;
+  fp.head.tok_loss[n] = 0.0f;
+  if (fp.head.g_logp) fp.head.g_logp[n] = 0.0f;
+  return true;
+}
+
 // One row with its gradient: max pass, exp pass storing exp(z - m) as float (into the dlogits row when
 // it is float, else into the thread's scratch row), head, scale pass. Rows with NaN or an infinite max
 // take the two-exp path, which gives torch's NaN answers.
@@ -45,6 +58,7 @@ static void fused_row_with_grad(const FusedLossParams& fp, int64_t n, float* scr
   const T* row = static_cast<const T*>(lp.logits) + n * lp.row_stride;
   T* out = static_cast<T*>(fp.dlogits) + n * fp.grad_row_stride;
   const int64_t target = lp.targets[n];
+  if (skip_masked(fp, n)) return row_grad(row, out, lp.V, target, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 1.0f);  // zeros
   const float z_t = scale_logit(load(row, target), lp.temperature);  // before `out` (maybe `row`) is written
   bool has_nan;
   const float m = row_max(row, lp.V, lp.temperature, &has_nan);
@@ -69,6 +83,7 @@ static void fused_loss_impl(const FusedLossParams& fp, int num_threads) {
   if (!fp.dlogits) {  // forward only: the statistics pass and the head
 #pragma omp parallel for schedule(static) num_threads(num_threads)
     for (int64_t n = 0; n < lp.N; ++n) {
+      if (skip_masked(fp, n)) continue;
       const T* row = logits + n * lp.row_stride;
       const RowSums st = lp.entropy ? row_stats<true>(row, lp.V, lp.temperature)
                                      : row_stats<false>(row, lp.V, lp.temperature);

@@ -64,7 +64,7 @@ __global__ void __launch_bounds__(Slots<kThreads>::kBlock) loss_head_kernel(cons
 }
 
 // One row per group of lanes: pass 1 (statistics, logp, entropy), the token head on lane 0 exactly as
-// csrc/cpu/loss.cpp, g shared with the group, pass 2 (dlogits, no entropy term). One read of the row
+// csrc/cpu/loss.cpp, g shared with the group, pass 2 (dlogits, no entropy term). Masked rows are skipped. One read of the row
 // for the forward, one read + one write for the gradient; dlogits may alias logits.
 template <typename T, int kThreads>
 __global__ void __launch_bounds__(Slots<kThreads>::kBlock, Slots<kThreads>::kMinBlocks)
@@ -76,6 +76,17 @@ __global__ void __launch_bounds__(Slots<kThreads>::kBlock, Slots<kThreads>::kMin
   const int V = (int)lp.V;
   for (int64_t n = S::first(); n < lp.N; n += S::stride()) {
     const T* row = static_cast<const T*>(lp.logits) + n * lp.row_stride;
+    if (h.mask[n] == 0.0f) {  // masked (coef 0): not read; zeros as csrc/cpu/loss.cpp skip_masked
+      if (lane == 0) {
+        lp.logp[n] = 0.0f;
+        if (lp.stats) lp.stats[2 * n] = lp.stats[2 * n + 1] = 0.0f;
+        if (lp.entropy) lp.entropy[n] = 0.0f;
+        h.tok_loss[n] = 0.0f;
+        if (h.g_logp) h.g_logp[n] = 0.0f;
+      }
+      if (fp.dlogits) row_zero<T, kThreads>(static_cast<T*>(fp.dlogits) + n * fp.grad_row_stride, V, lane);
+      continue;
+    }
     const int64_t target = lp.targets[n];
     // Lane 0's loads for the head are issued now and consumed after the row pass.
     float x_t = 0.0f, old = 0.0f, ref = 0.0f, samp = 0.0f, A = 0.0f, coef = 0.0f;
