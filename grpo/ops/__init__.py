@@ -9,12 +9,14 @@
 """
 from .advantages import group_advantages, group_advantages_ref
 from .config import LossConfig, LossOutput
+from .fused_linear import fused_linear_grpo_loss, fused_linear_logprobs
 from .logprobs import token_logprobs, token_logprobs_ref
 from .loss import grpo_loss, grpo_loss_ref, loss_metrics
 from .variants import ADV_ESTIMATORS, ADV_SCALES, AGGREGATIONS, IS_MODES, KL_ESTIMATORS, RATIO_LEVELS
 
 __all__ = [
-    "group_advantages", "token_logprobs", "grpo_loss", "LossConfig", "LossOutput",
+    "group_advantages", "token_logprobs", "grpo_loss", "fused_linear_grpo_loss", "fused_linear_logprobs",
+    "LossConfig", "LossOutput",
     "group_advantages_ref", "token_logprobs_ref", "grpo_loss_ref", "loss_metrics",
     "ADV_ESTIMATORS", "ADV_SCALES", "AGGREGATIONS", "IS_MODES", "KL_ESTIMATORS", "RATIO_LEVELS",
 ]

@@ -1,0 +1,446 @@
+"""fused_linear_grpo_loss: lm_head matmul + GRPO loss + its gradients, chunked over tokens so no [N, V]
+logits tensor ever exists; fused_linear_logprobs: the no-grad logprob (+ entropy) pass, same chunking.
+
+Per chunk of tokens: logits = h_chunk @ W^T (+ b) in the input dtype (fp32 accumulation inside the GEMM),
+the loss kernel turns them into dlogits in place, then dhidden_chunk = dlogits @ W and dW += dlogits^T @ h
+(db += sum of dlogits rows). All of it runs in the forward; the backward only scales the saved gradients
+by the upstream gradient, in place where the dtype allows (no copy of dW or dhidden).
+
+Order: reference -> chunk planning -> launch helpers -> custom ops + autograd -> functional API.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import _backend, _checks
+from .config import LossConfig, LossOutput
+from .logprobs import launch_logprobs, launch_softmax_grad, token_logprobs_ref
+from .loss import _f32, grpo_loss_ref, launch_loss, loss_metrics
+from .variants import AGGREGATIONS, IS_MODES, IS_NONE_CODE, KL_ESTIMATORS, RATIO_LEVELS
+
+
+# --- reference (the spec) -----------------------------------------------------------------------------
+def materialize_logits(hidden, weight, bias=None):
+    """hidden (..., H) @ weight (V, H)^T (+ bias (V,)) -> logits (..., V) in the input dtype: the naive path.
+    The bias goes into the GEMM (addmm, one rounding), exactly as the fused op's chunks do."""
+    if bias is None:
+        return torch.matmul(hidden, weight.t())
+    H = hidden.shape[-1]
+    return torch.addmm(bias, hidden.reshape(-1, H), weight.t()).view(*hidden.shape[:-1], weight.shape[0])
+
+
+def fused_linear_grpo_loss_ref(hidden, weight, targets, mask, advantages, *, bias=None, **kw):
+    """Reference: materialized logits + grpo_loss_ref (autograd does every gradient). Same keywords as
+    grpo_loss_ref (old_logp, ref_logp, sampling_logp, config, num_tokens, num_sequences)."""
+    return grpo_loss_ref(materialize_logits(hidden, weight, bias), targets, mask, advantages, **kw)
+
+
+def fused_linear_logprobs_ref(hidden, weight, targets, *, temperature=1.0, with_entropy=False, bias=None):
+    """Reference: token_logprobs_ref of the materialized logits."""
+    return token_logprobs_ref(materialize_logits(hidden, weight, bias), targets, temperature=temperature,
+                              with_entropy=with_entropy)
+
+
+# --- chunk planning -----------------------------------------------------------------------------------
+CHUNK_MULTIPLE = 64   # rows per chunk come in multiples of 64 (GEMM tiles, vector rows)
+MIN_CHUNK = 256       # thinner GEMMs run far below the machine's rate (2-core CPU: 64 rows ~1.7x slower
+                      # than 256 end to end), and each chunk re-reads and re-writes the fp32 dW (8 V H bytes)
+MAX_CHUNK = 16384     # tiny vocabularies would otherwise ask for enormous chunks; one GEMM is plenty
+
+
+def plan_chunk(N: int, H: int, V: int, chunk_tokens=None) -> int:
+    """Tokens per chunk. Default rule: chunk * V ~ N * H, i.e. one chunk of logits is about as large as
+    the hidden states already in memory; round(N * H / V / 64) * 64, clamped to [256, 16384], at most N
+    (one chunk when it all fits). Peak extra memory is one chunk of logits (chunk * V elements in the
+    input dtype) plus O(N) vectors. `chunk_tokens` (an int >= 1) overrides the rule (still at most N)."""
+    if chunk_tokens is not None:
+        return max(1, min(int(chunk_tokens), N))
+    c = int(round(N * H / max(V, 1) / CHUNK_MULTIPLE)) * CHUNK_MULTIPLE
+    return max(1, min(max(MIN_CHUNK, min(MAX_CHUNK, c)), N))
+
+
+def chunk_bounds(N: int, chunk: int):
+    """(start, end) token ranges of the chunks."""
+    return [(s, min(N, s + chunk)) for s in range(0, N, max(1, chunk))]
+
+
+# --- launch helpers -----------------------------------------------------------------------------------
+def _chunk_logits(h2d, weight, bias, s, e, buf):
+    """buf[:e-s] = h2d[s:e] @ W^T (+ b), in the input dtype, written into the reused chunk buffer."""
+    out = buf[: e - s]
+    if bias is None:
+        return torch.mm(h2d[s:e], weight.t(), out=out)
+    return torch.addmm(bias, h2d[s:e], weight.t(), out=out)
+
+
+_ADDMM_OUT_DTYPE = {"ok": None}  # whether this torch has addmm(..., out_dtype=fp32, out=) for CUDA bf16/fp16
+
+
+def _accumulate_dw(dW, dl, h):
+    """dW (V, H) fp32 += dl^T (V, n) @ h (n, H). fp32 data: one in-place addmm. Low precision on CUDA: the
+    GEMM in the input dtype straight into the fp32 accumulator (addmm out_dtype); where torch lacks it, a
+    GEMM in the input dtype whose (V, H) result is added in fp32. On CPU (no out_dtype kernel) the chunk is
+    upcast: the products of bf16 numbers are exact in fp32, so this only costs time."""
+    if dl.dtype == torch.float32:
+        dW.addmm_(dl.t(), h)
+    elif dl.is_cuda:
+        if _ADDMM_OUT_DTYPE["ok"] is not False:
+            try:
+                torch.addmm(dW, dl.t(), h, out_dtype=torch.float32, out=dW)
+                _ADDMM_OUT_DTYPE["ok"] = True
+                return
+            except (RuntimeError, TypeError, NotImplementedError):
+                _ADDMM_OUT_DTYPE["ok"] = False
+        dW.add_(torch.mm(dl.t(), h))
+    else:
+        dW.addmm_(dl.t().float(), h.float())
+
+
+def _mm_fp32_out(a, b, out, k_block=8192):
+    """out (m, n) fp32 = a (m, k) @ b (k, n), a and b in the input dtype, fp32 output (no rounding to the
+    input dtype: the backward's scaling then rounds once). CUDA low precision: the GEMM in the input dtype
+    with an fp32 output (mm out_dtype); CPU low precision: fp32 GEMMs on k-blocks upcast on the fly (exact
+    products; the transient is k_block * (m + n) floats, not a copy of b)."""
+    if a.dtype == torch.float32:
+        torch.mm(a, b, out=out)
+    elif a.is_cuda:
+        try:
+            torch.mm(a, b, out_dtype=torch.float32, out=out)
+        except (RuntimeError, TypeError, NotImplementedError):
+            out.copy_(torch.mm(a, b))
+    else:
+        out.zero_()
+        for k0 in range(0, a.shape[1], k_block):
+            out.addmm_(a[:, k0:k0 + k_block].float(), b[k0:k0 + k_block].float())
+
+
+def _chunk_backward(dl, h2d, weight, s, e, grads):
+    """From the chunk's dlogits dl (n, V): dhidden rows, dW and db, all into fp32 buffers."""
+    dh, dW, db = grads
+    if dh is not None:
+        _mm_fp32_out(dl, weight, dh[s:e])
+    if dW is not None:
+        _accumulate_dw(dW, dl, h2d[s:e])
+    if db is not None:
+        db.add_(dl.sum(0, dtype=torch.float32))
+
+
+def launch_loss_head(logp, mask, coef, adv, old, ref, samp, config: LossConfig):
+    """The per-sequence GRPO head over all tokens (sequence-level ratio or IS weight): logp (N,), mask /
+    coef / old / ref / samp (B, T), adv (B,), all float32 -> tok_loss (N,), g = dLoss/dlogp (N,) float32.
+    Mirrors the head launch inside loss.launch_loss (grpo._C picks CPU or CUDA from the pointers' device)."""
+    B, T = mask.shape
+    f32 = dict(dtype=torch.float32, device=logp.device)
+    tok_loss, g = torch.empty(B * T, **f32), torch.empty(B * T, **f32)
+    _backend.native().loss_head(
+        **_backend.launch_args(logp), logp=logp.data_ptr(), old_logp=_backend.ptr(old), ref_logp=_backend.ptr(ref),
+        sampling_logp=_backend.ptr(samp), mask=mask.data_ptr(), coef=coef.data_ptr(), advantages=adv.data_ptr(),
+        tok_loss=tok_loss.data_ptr(), g_logp=g.data_ptr(), B=B, T=T, eps_low=config.eps_low,
+        eps_high=config.eps_high, dual_clip=config.dual_clip or 0.0, beta=config.beta, is_cap=config.is_cap,
+        kl=KL_ESTIMATORS.get(config.kl).code, ratio_level=RATIO_LEVELS.get(config.ratio_level).code,
+        is_mode=IS_NONE_CODE if config.is_mode is None else IS_MODES.get(config.is_mode).code)
+    return tok_loss, g
+
+
+def _tokenwise_sweep(h2d, weight, bias, t1d, m, coef, adv, old, ref, samp, config, chunk, grads, out, backend):
+    """One sweep: per chunk, logits -> launch_loss (loss, logp, entropy and dlogits in place) -> GEMMs.
+    The chunk's per-token inputs are passed as (n, 1) views with per-token advantages, so the kernel's
+    (B, T) = (n, 1) indexing sees exactly that chunk's tokens."""
+    N, T = m.numel(), m.shape[1]
+    tok_loss, logp, ent = out
+    col = lambda x, s, e: None if x is None else x.reshape(N, 1)[s:e]  # noqa: E731
+    adv_tok = adv.repeat_interleave(T)
+    want_grad = any(x is not None for x in grads)
+    buf = torch.empty(min(chunk, N), weight.shape[0], dtype=h2d.dtype, device=h2d.device)
+    for s, e in chunk_bounds(N, chunk):
+        lg = _chunk_logits(h2d, weight, bias, s, e, buf)
+        tl, lp, en, _, _ = launch_loss(lg, t1d[s:e], col(m, s, e), col(coef, s, e), adv_tok[s:e], col(old, s, e),
+                                       col(ref, s, e), col(samp, s, e), config,
+                                       dlogits=lg if want_grad else None, backend=backend)
+        tok_loss[s:e], logp[s:e] = tl, lp
+        if ent is not None:
+            ent[s:e] = en
+        if want_grad:
+            _chunk_backward(lg, h2d, weight, s, e, grads)
+
+
+def _sequence_sweeps(h2d, weight, bias, t1d, m, coef, adv, old, ref, samp, config, chunk, grads, out, backend):
+    """Sequence-level ratio / IS weight: a token's gradient needs its whole sequence's logp. Sweep 1 (no
+    gradient): per chunk logits -> logp, row stats (m, log s), entropy. Then the per-sequence head over all
+    N tokens (O(N)). Sweep 2: recompute each chunk's logits (same GEMM, same shapes: the same values the
+    stats came from) and write dlogits in place from the saved stats and g, then the GEMMs."""
+    N = m.numel()
+    tok_loss, logp, ent = out
+    want_grad = any(x is not None for x in grads)
+    stats = torch.empty(N, 2, dtype=torch.float32, device=h2d.device) if want_grad else None
+    buf = torch.empty(min(chunk, N), weight.shape[0], dtype=h2d.dtype, device=h2d.device)
+    bounds = chunk_bounds(N, chunk)
+    for s, e in bounds:
+        lg = _chunk_logits(h2d, weight, bias, s, e, buf)
+        lp, st, en = launch_logprobs(lg, t1d[s:e], config.temperature, ent is not None, want_stats=want_grad,
+                                     backend=backend)
+        logp[s:e] = lp
+        if want_grad:
+            stats[s:e] = st
+        if ent is not None:
+            ent[s:e] = en
+    tl, g = launch_loss_head(logp, m, coef, adv, old, ref, samp, config)
+    tok_loss.copy_(tl)
+    if not want_grad:
+        return
+    for s, e in bounds:
+        lg = _chunk_logits(h2d, weight, bias, s, e, buf)
+        launch_softmax_grad(lg, t1d[s:e], stats[s:e], None, g[s:e], None, config.temperature, out=lg,
+                            backend=backend)
+        _chunk_backward(lg, h2d, weight, s, e, grads)
+
+
+def launch_fused_linear_loss(h2d, weight, bias, t1d, m, coef, adv, old, ref, samp, config: LossConfig, chunk: int,
+                             need=(True, True, True), backend="cpu"):
+    """h2d (N, H), weight (V, H), bias (V,) or None (input dtype); t1d (N,) int64; m / coef / old / ref /
+    samp (B, T) float32 (or None), adv (B,) float32; need = (dhidden, dweight, dbias) wanted.
+
+    Returns tok_loss (N,), logp (N,), entropy (N,) or None, dhidden (N, H) or None, dweight (V, H) or None,
+    dbias (V,) or None, all float32: the gradients of sum(coef * tok_loss)."""
+    N, V = h2d.shape[0], weight.shape[0]
+    f32 = dict(dtype=torch.float32, device=h2d.device)
+    out = (torch.empty(N, **f32), torch.empty(N, **f32), torch.empty(N, **f32) if config.entropy else None)
+    grads = (torch.empty(N, h2d.shape[1], **f32) if need[0] else None,
+             torch.zeros(V, weight.shape[1], **f32) if need[1] else None,
+             torch.zeros(V, **f32) if need[2] and bias is not None else None)
+    if N > 0:
+        sweep = _tokenwise_sweep if config.tokenwise else _sequence_sweeps
+        sweep(h2d, weight, bias, t1d, m, coef, adv, old, ref, samp, config, chunk, grads, out, backend)
+    return (*out, *grads)
+
+
+def launch_fused_linear_logprobs(h2d, weight, bias, t1d, temperature, with_entropy, chunk, backend="cpu"):
+    """h2d (N, H), weight (V, H), t1d (N,) int64 -> logp (N,), entropy (N,) or None, float32; no gradient."""
+    N = h2d.shape[0]
+    f32 = dict(dtype=torch.float32, device=h2d.device)
+    logp, ent = torch.empty(N, **f32), torch.empty(N, **f32) if with_entropy else None
+    buf = torch.empty(min(chunk, N), weight.shape[0], dtype=h2d.dtype, device=h2d.device)
+    for s, e in chunk_bounds(N, chunk):
+        lp, _, en = launch_logprobs(_chunk_logits(h2d, weight, bias, s, e, buf), t1d[s:e], temperature,
+                                    with_entropy, want_stats=False, backend=backend)
+        logp[s:e] = lp
+        if ent is not None:
+            ent[s:e] = en
+    return logp, ent
+
+
+# --- custom ops (opaque to torch.compile) + autograd -----------------------------------------------------
+# Forward: everything (loss, logp, entropy, dhidden, dW, db). The gradients leave the op as outputs 3-5 and
+# are saved; the backward scales them by the upstream gradient, in place in eager mode (see _scaled), so
+# those outputs are the op's own buffers: the functional API drops them and nobody else should keep them.
+@torch.library.custom_op("grpo::fused_linear_grpo_loss", mutates_args=())
+def _fused_op(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
+              mask: torch.Tensor, coef: torch.Tensor, advantages: torch.Tensor, old_logp: torch.Tensor | None,
+              ref_logp: torch.Tensor | None, sampling_logp: torch.Tensor | None, eps_low: float, eps_high: float,
+              dual_clip: float, beta: float, kl: str, ratio_level: str, is_mode: str, is_cap: float,
+              temperature: float, entropy: bool, chunk: int, need_dh: bool, need_dw: bool, need_db: bool,
+              backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                     torch.Tensor]:
+    V, H = weight.shape
+    _checks.check_targets_range("targets", targets, V)
+    config = LossConfig(eps_low=eps_low, eps_high=eps_high, dual_clip=dual_clip or None, beta=beta, kl=kl,
+                        ratio_level=ratio_level, is_mode=is_mode or None, is_cap=is_cap, temperature=temperature,
+                        entropy=entropy)
+    tok_loss, logp, ent, dh, dW, db = launch_fused_linear_loss(
+        hidden.reshape(-1, H), weight, bias, targets.reshape(-1), mask, coef, advantages, old_logp, ref_logp,
+        sampling_logp, config, chunk, (need_dh, need_dw, need_db), backend)
+    loss = (tok_loss.view(mask.shape).double() * coef).sum().to(torch.float32)
+    empty = lambda t: t.new_empty(0)  # noqa: E731 -- "not computed" placeholders (custom ops return tensors)
+    return (loss, logp.view(mask.shape), ent.view(mask.shape) if ent is not None else empty(logp),
+            dh if dh is not None else empty(logp), dW if dW is not None else empty(logp),
+            db if db is not None else empty(logp))
+
+
+@_fused_op.register_fake
+def _(hidden, weight, bias, targets, mask, coef, advantages, old_logp, ref_logp, sampling_logp, eps_low, eps_high,
+      dual_clip, beta, kl, ratio_level, is_mode, is_cap, temperature, entropy, chunk, need_dh, need_dw, need_db,
+      backend):
+    f = dict(dtype=torch.float32)
+    V, H = weight.shape
+    N = mask.numel()
+    return (mask.new_empty((), **f), mask.new_empty(mask.shape, **f),
+            mask.new_empty(mask.shape if entropy else (0,), **f),
+            hidden.new_empty((N, H) if need_dh else (0,), **f),
+            weight.new_empty((V, H) if need_dw else (0,), **f),
+            weight.new_empty((V,) if need_db and bias is not None else (0,), **f))
+
+
+def _setup_context(ctx, inputs, output):
+    hidden, weight, bias = inputs[0], inputs[1], inputs[2]
+    ctx.save_for_backward(output[3], output[4], output[5])
+    ctx.set_materialize_grads(False)  # else autograd builds zero (V, H) / (N, H) grads for the unused outputs
+    ctx.meta = (hidden.shape, hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
+    ctx.need = (inputs[21], inputs[22], inputs[23] and bias is not None)
+
+
+def _scaled(buf, g, dtype):
+    """buf * g in `dtype`. Same dtype, eager: in place, so the saved buffer itself becomes the gradient
+    (autograd takes it without a copy once the graph is freed; a second backward through a retained graph is
+    caught by the saved tensor's version counter). While torch.compile traces the backward (tensors are
+    functional/fake subclasses there) a mutation of a forward output breaks the partitioner: out of place.
+    Different dtype (fp32 accumulator, bf16 parameter): one rounding from fp32, no fp32 temporary."""
+    if buf.dtype == dtype:
+        return buf.mul_(g) if type(buf) is torch.Tensor and not torch.compiler.is_compiling() else buf * g
+    return torch.mul(buf, g, out=torch.empty(buf.shape, dtype=dtype, device=buf.device))
+
+
+def _backward(ctx, g_loss, g_logp, g_ent, g_dh, g_dw, g_db):
+    dh, dW, db = ctx.saved_tensors
+    if g_loss is None:  # only the detached outputs (logp, entropy) were used downstream
+        return (None,) * 25
+    shape, h_dtype, w_dtype, b_dtype = ctx.meta
+    g = g_loss.to(torch.float32)
+    gh = _scaled(dh, g, h_dtype).view(shape) if ctx.need[0] else None
+    gw = _scaled(dW, g, w_dtype) if ctx.need[1] else None
+    gb = _scaled(db, g, b_dtype) if ctx.need[2] else None
+    return (gh, gw, gb) + (None,) * 22
+
+
+_fused_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+@torch.library.custom_op("grpo::fused_linear_logprobs", mutates_args=())
+def _logprobs_op(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
+                 temperature: float, with_entropy: bool, chunk: int, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    V, H = weight.shape
+    _checks.check_targets_range("targets", targets, V)
+    logp, ent = launch_fused_linear_logprobs(hidden.reshape(-1, H), weight, bias, targets.reshape(-1), temperature,
+                                             with_entropy, chunk, backend)
+    return logp.view(targets.shape), ent.view(targets.shape) if ent is not None else logp.new_empty(0)
+
+
+@_logprobs_op.register_fake
+def _(hidden, weight, bias, targets, temperature, with_entropy, chunk, backend):
+    f = dict(dtype=torch.float32)
+    return targets.new_empty(targets.shape, **f), targets.new_empty(targets.shape if with_entropy else (0,), **f)
+
+
+# --- functional API -----------------------------------------------------------------------------------
+def _check_linear(hidden, weight, bias, targets, dtypes, lead_dims=None):
+    """hidden (..., H) floating, weight (V, H) same dtype/device, bias (V,) or None, targets (...) int."""
+    _checks.check_tensor("hidden", hidden, floating=True, dtypes=dtypes)
+    if lead_dims is not None and hidden.dim() != lead_dims + 1:
+        raise ValueError(f"hidden: expected (B, T, H), got {_checks.describe(hidden)}")
+    if hidden.dim() < 2:
+        raise ValueError(f"hidden: expected (..., H) with at least 2 dims, got {_checks.describe(hidden)}")
+    _checks.check_tensor("weight", weight, ndim=2, floating=True)
+    H = hidden.shape[-1]
+    if weight.dtype != hidden.dtype:
+        raise TypeError(f"weight: expected dtype {hidden.dtype} like hidden, got {_checks.describe(weight)}")
+    if weight.shape[1] != H or weight.shape[0] < 1:
+        raise ValueError(f"weight: expected (V, H) with H = {H} (hidden's last dim) and V >= 1, got "
+                         f"{_checks.describe(weight)}")
+    if bias is not None:
+        _checks.check_tensor("bias", bias, shape=(weight.shape[0],), floating=True)
+        if bias.dtype != hidden.dtype:
+            raise TypeError(f"bias: expected dtype {hidden.dtype} like hidden, got {_checks.describe(bias)}")
+    _checks.check_tensor("targets", targets, integer=True)
+    if tuple(targets.shape) != tuple(hidden.shape[:-1]):
+        raise ValueError(f"targets: expected shape {tuple(hidden.shape[:-1])} (hidden without the hidden dim), "
+                         f"got {_checks.describe(targets)}")
+    _checks.check_same_device("hidden", hidden, weight=weight, bias=bias, targets=targets)
+
+
+def _check_chunk(chunk_tokens):
+    if chunk_tokens is None:
+        return
+    if not isinstance(chunk_tokens, int) or isinstance(chunk_tokens, bool):
+        raise TypeError(f"chunk_tokens: expected None or an int >= 1, got {chunk_tokens!r}")
+    if chunk_tokens < 1:
+        raise ValueError(f"chunk_tokens: expected None or an int >= 1, got {chunk_tokens!r}")
+
+
+def _check_loss_inputs(hidden, weight, bias, targets, mask, advantages, old_logp, ref_logp, sampling_logp, config,
+                       dtypes):
+    if not isinstance(config, LossConfig):
+        raise TypeError(f"config: expected a grpo.ops.LossConfig, got {type(config).__name__}")
+    _checks.check_tensor("hidden", hidden)
+    _check_linear(hidden, weight, bias, targets, dtypes, lead_dims=2)
+    B, T, _ = hidden.shape
+    _checks.check_tensor("mask", mask, shape=(B, T))
+    _checks.check_tensor("advantages", advantages, shape=(B,), floating=True)
+    for name, t in (("old_logp", old_logp), ("ref_logp", ref_logp), ("sampling_logp", sampling_logp)):
+        if t is not None:
+            _checks.check_tensor(name, t, shape=(B, T), floating=True)
+    _checks.check_same_device("hidden", hidden, mask=mask, advantages=advantages, old_logp=old_logp,
+                              ref_logp=ref_logp, sampling_logp=sampling_logp)
+    if config.beta != 0.0 and ref_logp is None:
+        raise ValueError(f"ref_logp: required when config.beta = {config.beta} != 0")
+    if config.is_mode is not None and sampling_logp is None:
+        raise ValueError(f"sampling_logp: required when config.is_mode = {config.is_mode!r}")
+
+
+def fused_linear_grpo_loss(hidden, weight, targets, mask, advantages, *, old_logp=None, ref_logp=None,
+                           sampling_logp=None, config=LossConfig(), num_tokens=None, num_sequences=None, bias=None,
+                           chunk_tokens=None, backend="auto"):
+    """GRPO loss straight from the last hidden states and the lm_head, without an [N, V] logits tensor.
+
+    hidden (B, T, H) fp32/bf16/fp16, weight (V, H) and bias (V,) or None in hidden's dtype (a tied
+    embedding weight works: autograd adds both uses), targets (B, T) int, mask (B, T), advantages (B,),
+    old_logp / ref_logp / sampling_logp (B, T) or None, config, num_tokens / num_sequences as in grpo_loss.
+    chunk_tokens: tokens per chunk (default: plan_chunk's rule, chunk * V ~ N * H). backend: "auto", "cpu",
+    "cuda", "triton" (chunked, the loss kernels of that backend) or "torch" (the materialized reference).
+    Returns LossOutput(loss () float32 differentiable in hidden, weight and bias; metrics as grpo_loss).
+    """
+    dtypes = _checks.FLOAT_DTYPES + ((torch.float64,) if backend == "torch" else ())
+    _check_loss_inputs(hidden, weight, bias, targets, mask, advantages, old_logp, ref_logp, sampling_logp, config,
+                       dtypes)
+    _checks.check_scalar("num_tokens", num_tokens, positive=True)
+    _checks.check_scalar("num_sequences", num_sequences, positive=True)
+    _check_chunk(chunk_tokens)
+    backend = _backend.resolve(backend, hidden, "hidden")
+    if backend == "torch":
+        if _checks.data_checks_enabled():
+            _checks.check_targets_range("targets", targets, weight.shape[0])
+        return fused_linear_grpo_loss_ref(hidden, weight, targets, mask, advantages, bias=bias, old_logp=old_logp,
+                                          ref_logp=ref_logp, sampling_logp=sampling_logp, config=config,
+                                          num_tokens=num_tokens, num_sequences=num_sequences)
+    B, T, H = hidden.shape
+    m = mask.to(torch.float32).contiguous()
+    coef = AGGREGATIONS.get(config.loss_agg).extra(m, num_tokens, num_sequences, config.max_completion_length)
+    coef = coef.to(torch.float32).contiguous()
+    adv, old, ref, samp = _f32(advantages), _f32(old_logp), _f32(ref_logp), _f32(sampling_logp)
+    ref = ref if config.beta != 0.0 else None
+    samp = samp if config.is_mode is not None else None
+    grad = torch.is_grad_enabled()
+    need = (grad and hidden.requires_grad, grad and weight.requires_grad,
+            grad and bias is not None and bias.requires_grad)
+    chunk = plan_chunk(B * T, H, weight.shape[0], chunk_tokens)
+    loss, logp, ent, _, _, _ = _fused_op(
+        hidden, weight, bias, targets.to(torch.int64).contiguous(), m, coef, adv, old, ref, samp,
+        float(config.eps_low), float(config.eps_high), float(config.dual_clip or 0.0), float(config.beta), config.kl,
+        config.ratio_level, config.is_mode or "", float(config.is_cap), float(config.temperature),
+        bool(config.entropy), chunk, *need, backend)
+    metrics = loss_metrics(logp.detach(), m, adv, old, ref_logp, samp, config, ent if config.entropy else None)
+    return LossOutput(loss, metrics)
+
+
+def fused_linear_logprobs(hidden, weight, targets, *, temperature=1.0, with_entropy=False, bias=None,
+                          chunk_tokens=None, backend="auto"):
+    """No-grad logprobs of the targets from hidden states and the lm_head (old / reference passes).
+
+    hidden (B, T, H) (any leading dims), weight (V, H), bias (V,) or None, targets (B, T) int ->
+    logp (B, T) float32 [, entropy (B, T) float32]. Chunked like fused_linear_grpo_loss (no [N, V] tensor);
+    backend "torch" materializes the logits (the reference)."""
+    dtypes = _checks.FLOAT_DTYPES + ((torch.float64,) if backend == "torch" else ())
+    _check_linear(hidden, weight, bias, targets, dtypes)
+    _checks.check_scalar("temperature", temperature, positive=True, allow_none=False)
+    _check_chunk(chunk_tokens)
+    backend = _backend.resolve(backend, hidden, "hidden")
+    with torch.no_grad():
+        if backend == "torch":
+            if _checks.data_checks_enabled():
+                _checks.check_targets_range("targets", targets, weight.shape[0])
+            return fused_linear_logprobs_ref(hidden, weight, targets, temperature=temperature,
+                                             with_entropy=with_entropy, bias=bias)
+        H = hidden.shape[-1]
+        chunk = plan_chunk(targets.numel(), H, weight.shape[0], chunk_tokens)
+        logp, ent = _logprobs_op(hidden.detach(), weight.detach(), None if bias is None else bias.detach(),
+                                 targets.to(torch.int64).contiguous(), float(temperature), bool(with_entropy), chunk,
+                                 backend)
+    return (logp, ent) if with_entropy else logp
