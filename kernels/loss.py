@@ -12,6 +12,9 @@ Design (why):
 - The head is per-row fp32 arithmetic on (ROWS,) vectors; its options (IS mode, KL kind, beta, dual clip,
   which of old/ref/sampling logprobs exist) are constexprs, so each configuration compiles to the few
   instructions it needs.
+- Masked rows (mask 0; their coef is 0) are never read by the fused kernel: all their outputs are 0 and
+  their dlogits row is written as zeros (as the CUDA/C++ twins). A program whose rows are all masked skips
+  the row loop.
 - The sequence head is one program per sequence looping over T; sums are in fp64 as the C++ twin.
   The seq-ratio gradient term needs the whole sequence's sum first, so the token loop runs again rather
   than re-reading g it stored (different threads may own the two accesses).
@@ -126,7 +129,7 @@ def _tok_weight(old, samp, w_seq, is_cap, IS_MODE: tl.constexpr, SEQ_IS: tl.cons
 # --- @triton.jit kernels ------------------------------------------------------------------------------
 @triton.jit
 def _fused_loss_kernel(logits, targets, logp_out, stats_out, ent_out, tok_loss_out, g_out, old_lp, ref_lp, samp_lp,
-                       coef_in, adv, dlogits, N, V, T_seq, stride, out_stride, T, invT, lo, hi,
+                       coef_in, mask_in, adv, dlogits, N, V, T_seq, stride, out_stride, T, invT, lo, hi,
                        eps_low, eps_high, dual_clip, beta, is_cap,
                        HAS_T: tl.constexpr, WITH_ENT: tl.constexpr, HAS_OLD: tl.constexpr, HAS_REF: tl.constexpr,
                        HAS_SAMP: tl.constexpr, IS_MODE: tl.constexpr, KL: tl.constexpr, HAS_BETA: tl.constexpr,
@@ -136,32 +139,54 @@ def _fused_loss_kernel(logits, targets, logp_out, stats_out, ent_out, tok_loss_o
     row_ok = rows < N
     rows64 = rows.to(tl.int64)
     row_ptr = logits + rows64 * stride
+    # Masked rows (mask 0: coef 0, metrics mask them) are never read: every output of theirs is 0, and the
+    # gradient pass writes their dlogits row as zeros with the loads off (g = 0 there).
+    live = row_ok & (tl.load(mask_in + rows64, mask=row_ok, other=0.0) != 0.0)
     # Per-row loads for the head are issued now and consumed after the row pass.
     tgt = tl.load(targets + rows64, mask=row_ok, other=0)
-    x_t = tl.load(row_ptr + tgt, mask=row_ok, other=0.0).to(tl.float32)
-    A = tl.load(adv + rows64 // T_seq, mask=row_ok, other=0.0)
-    coef = tl.load(coef_in + rows64, mask=row_ok, other=0.0)
+    x_t = tl.load(row_ptr + tgt, mask=live, other=0.0).to(tl.float32)
+    A = tl.load(adv + rows64 // T_seq, mask=live, other=0.0)
+    coef = tl.load(coef_in + rows64, mask=live, other=0.0)
+    # Every head input is defined on both sides of its constexpr branch, before the row pass.
     if HAS_OLD:
-        old = tl.load(old_lp + rows64, mask=row_ok, other=0.0)
+        old_in = tl.load(old_lp + rows64, mask=live, other=0.0)
+    else:
+        old_in = tl.zeros([ROWS], tl.float32)
     if HAS_REF:
-        ref = tl.load(ref_lp + rows64, mask=row_ok, other=0.0)
+        ref = tl.load(ref_lp + rows64, mask=live, other=0.0)
     else:
         ref = tl.zeros([ROWS], tl.float32)
     if HAS_SAMP:
-        samp = tl.load(samp_lp + rows64, mask=row_ok, other=0.0)
-    m, s, t = _row_stats(row_ptr, row_ok, V, T, invT, lo, hi, HAS_T, WITH_ENT, BLOCK_V, ROWS)
+        samp_in = tl.load(samp_lp + rows64, mask=live, other=0.0)
+    else:
+        samp_in = tl.zeros([ROWS], tl.float32)
+    # A program whose rows are all masked skips the row loop (V_eff = 0): m = -inf, s = t = 0, zeroed below.
+    V_eff = tl.where(tl.max(live.to(tl.int32), axis=0) > 0, V, 0)
+    m, s, t = _row_stats(row_ptr, live, V_eff, T, invT, lo, hi, HAS_T, WITH_ENT, BLOCK_V, ROWS)
     logp, logs, ent = _finish_stats(x_t, m, s, t, T, invT, lo, hi, HAS_T)
-    if not HAS_OLD:
-        old = logp  # on-policy
-    if not HAS_SAMP:
-        samp = old
-    loss, g = _token_head(logp, old, ref, samp, A, coef, eps_low, eps_high, dual_clip, beta, is_cap,
-                          IS_MODE, KL, HAS_BETA, HAS_DUAL)
+    logp = tl.where(live, logp, 0.0)
+    m = tl.where(live, m, 0.0)
+    logs = tl.where(live, logs, 0.0)
+    # Store the row outputs before the head reads logp: with the head first, triton 3.6's
+    # TritonGPURemoveLayoutConversions reused the store's layout conversion of logp ahead of its definition
+    # ("operand #0 does not dominate this use").
     tl.store(logp_out + rows64, logp, mask=row_ok)
     tl.store(stats_out + 2 * rows64, m, mask=row_ok)
     tl.store(stats_out + 2 * rows64 + 1, logs, mask=row_ok)
     if WITH_ENT:
-        tl.store(ent_out + rows64, ent, mask=row_ok)
+        tl.store(ent_out + rows64, tl.where(live, ent, 0.0), mask=row_ok)
+    if HAS_OLD:
+        old = old_in
+    else:
+        old = logp  # on-policy
+    if HAS_SAMP:
+        samp = samp_in
+    else:
+        samp = old
+    loss, g = _token_head(logp, old, ref, samp, A, coef, eps_low, eps_high, dual_clip, beta, is_cap,
+                          IS_MODE, KL, HAS_BETA, HAS_DUAL)
+    loss = tl.where(live, loss, 0.0)
+    g = tl.where(live, g, 0.0)
     tl.store(tok_loss_out + rows64, loss, mask=row_ok)
     tl.store(g_out + rows64, g, mask=row_ok)
     if WRITE_GRAD:
@@ -253,12 +278,13 @@ def _head_args(eps_low, eps_high, dual_clip, beta, is_cap, kl, is_mode):
                 HAS_DUAL=dual > 0.0)
 
 
-def fused_loss(logits2d, targets1d, coef, adv, old, ref, samp, *, T_seq, eps_low, eps_high, dual_clip, beta, kl,
-               is_mode, is_cap, temperature, entropy, dlogits=None):
+def fused_loss(logits2d, targets1d, coef, adv, old, ref, samp, *, mask, T_seq, eps_low, eps_high, dual_clip, beta,
+               kl, is_mode, is_cap, temperature, entropy, dlogits=None):
     """Token-level configurations (token ratio; no or token-level IS), one launch.
 
     logits2d (N, V) fp32/bf16/fp16, targets1d (N,) int64, coef (N,) float32 (aggregation weight, mask folded
-    in), adv (N // T_seq,) float32, old/ref/samp (N,) float32 or None. kl / is_mode: csrc/params.h codes.
+    in), mask (N,) float32: rows with mask 0 are never read (all their outputs and dlogits rows are 0),
+    adv (N // T_seq,) float32, old/ref/samp (N,) float32 or None. kl / is_mode: csrc/params.h codes.
     Returns tok_loss, logp, entropy (or None), stats (N, 2), g = dLoss/dlogp, all float32; with `dlogits`
     (N, V) in the logits' dtype (may be logits2d: in place) it also writes g (onehot - p) / T.
     """
@@ -274,7 +300,7 @@ def fused_loss(logits2d, targets1d, coef, adv, old, ref, samp, *, T_seq, eps_low
     _fused_loss_kernel[(triton.cdiv(N, rows),)](
         logits2d, targets1d, logp, stats, dummy if ent is None else ent, tok_loss, g,
         dummy if old is None else old, dummy if ref is None else ref, dummy if samp is None else samp,
-        coef, adv, logits2d if dlogits is None else dlogits, N, V, T_seq, row_stride(logits2d),
+        coef, mask, adv, logits2d if dlogits is None else dlogits, N, V, T_seq, row_stride(logits2d),
         row_stride(dlogits) if dlogits is not None else V, **temperature_args(temperature),
         **_head_args(eps_low, eps_high, dual_clip, beta, is_cap, kl, is_mode),
         WITH_ENT=bool(entropy), HAS_OLD=old is not None, HAS_REF=ref is not None, HAS_SAMP=samp is not None,

@@ -7,6 +7,8 @@ Without a GPU the kernels run in Triton's interpreter (conftest sets TRITON_INTE
 instance), so the CPU shapes are small and MAX_BLOCK_V is forced down where the tile loop must run more
 than once. With a GPU the same tests run compiled, plus the larger shapes marked `gpu`.
 """
+import dataclasses
+
 import pytest
 import torch
 
@@ -118,9 +120,14 @@ def check_launch_loss(name, shape, dtype, in_place):
     assert (ent is not None) == config.entropy
     check_rule("loss", loss.cpu(), naive[0], ref64[0])
     check_rule("dlogits", out.view(shape).cpu(), naive[1], ref64[1], grad=True)
-    lp64 = token_logprobs_ref(inp["logits"].double(), inp["targets"], temperature=config.temperature)
-    lpd = token_logprobs_ref(inp["logits"], inp["targets"], temperature=config.temperature)
-    check_rule("logp", logp.view(m.shape).cpu(), lpd.cpu(), lp64.cpu())
+    lp64 = token_logprobs_ref(inp["logits"].double(), inp["targets"], temperature=config.temperature).cpu()
+    lpd = token_logprobs_ref(inp["logits"], inp["targets"], temperature=config.temperature).cpu()
+    lp = logp.view(m.shape).cpu()
+    if config.tokenwise:  # the fused kernel never reads masked rows: logp 0 there
+        keep = m.cpu() != 0
+        assert torch.equal(lp[~keep], torch.zeros_like(lp[~keep]))
+        lp, lpd, lp64 = lp[keep], lpd[keep], lp64[keep]
+    check_rule("logp", lp, lpd, lp64)
 
 
 @pytest.mark.parametrize("in_place", [True, False], ids=["in_place", "out"])
@@ -134,6 +141,54 @@ def test_triton_launch_loss_dlogits(seed, name, shape, dtype, in_place):
 @pytest.mark.parametrize("name", ["default", "is_token_truncate", "gspo"])
 def test_triton_launch_loss_dlogits_multi_tile(seed, small_tiles, name):
     check_launch_loss(name, (2, 2, 4097), torch.bfloat16, True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", ["default", "k3_beta", "is_token_truncate"])
+@pytest.mark.parametrize("shape,tiles", [((3, 4, 7), False), ((2, 3, 1000), True)], ids=["one_tile", "multi_tile"])
+def test_triton_fused_loss_skips_masked_rows(seed, monkeypatch, name, shape, tiles, dtype):
+    # Rows with mask 0 are never read by the fused loss: NaN logits there give logp = stats = entropy =
+    # tok_loss = g = 0 and a zero dlogits row; the loss and dlogits equal the reference on finite logits.
+    if tiles:
+        monkeypatch.setattr(tk_logprobs, "MAX_BLOCK_V", 256)
+    config = CONFIGS[name]
+    assert config.tokenwise
+    inp = _dev(make_inputs(*shape, dtype, config))
+    B, T, V = shape
+    inp["mask"][0, 1] = False
+    inp["mask"][-1] = False  # a fully masked sequence: with small V its rows share programs with live ones
+    logits2d, t1d, m, coef, adv, old, ref, samp = _launch_inputs(inp, config)
+    dead = m.reshape(-1) == 0
+    poisoned = logits2d.clone()
+    poisoned[dead] = float("nan")
+    for in_place in (False, True):
+        src = poisoned.clone()
+        out = src if in_place else torch.empty_like(src).fill_(float("nan"))
+        tok_loss, logp, ent, stats, g = launch_loss(src, t1d, m, coef, adv, old, ref, samp,
+                                                    dataclasses.replace(config, entropy=True), dlogits=out,
+                                                    backend="triton")
+        for nm, x in (("logp", logp), ("tok_loss", tok_loss), ("g", g), ("stats", stats.view(-1, 2)),
+                      ("dlogits", out)):
+            assert torch.equal(x[dead], torch.zeros_like(x[dead])), f"{nm}: masked rows not zero"
+            assert bool(torch.isfinite(x).all()), f"{nm}: NaN from a masked row leaked"
+        if ent is not None:
+            assert torch.equal(ent[dead], torch.zeros_like(ent[dead])) and bool(torch.isfinite(ent).all())
+        loss = (tok_loss.view(m.shape).double() * coef).sum().to(torch.float32)
+        naive = _cpu(run_loss(grpo_loss_ref, inp, config, 1.0))
+        ref64 = _cpu(run_loss(grpo_loss_ref, inp, config, 1.0, dtype=torch.float64))
+        check_rule("loss", loss.cpu(), naive[0], ref64[0])
+        check_rule("dlogits", out.view(shape).cpu(), naive[1], ref64[1], grad=True)
+    # the same through grpo_loss (its backward: the softmax-gradient pass, which skips g = 0 rows)
+    x = poisoned.view(shape).detach().clone().requires_grad_()
+    args = {k: v for k, v in inp.items() if k not in ("logits", "targets", "mask", "advantages")}
+    res = ops.grpo_loss(x, inp["targets"], inp["mask"], inp["advantages"], config=config, backend="triton", **args)
+    res.loss.backward()
+    naive = _cpu(run_loss(grpo_loss_ref, inp, config, 1.0))
+    ref64 = _cpu(run_loss(grpo_loss_ref, inp, config, 1.0, dtype=torch.float64))
+    check_rule("loss", res.loss.detach().cpu(), naive[0], ref64[0])
+    check_rule("dlogits", x.grad.cpu(), naive[1], ref64[1], grad=True)
+    for k, v in res.metrics.items():
+        assert bool(torch.isfinite(v)), f"metric {k} is not finite"
 
 
 # --- token_logprobs -----------------------------------------------------------------------------------
