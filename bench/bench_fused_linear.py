@@ -190,7 +190,7 @@ def run_case(a, shape, sink):
     """One shape: batch, ceiling, check + warm-up, interleaved timed rounds, memory per provider; rows."""
     N, H, V = shape
     batch = make_batch(N, H, V, a.dtype, a.device)
-    chunk = plan_chunk(N, H, V, a.chunk_tokens)
+    chunk = plan_chunk(N, H, V, a.chunk_tokens, cuda=common.is_cuda(a.device))
     shape_s = f"N={N},H={H},V={V},B={batch['B']},T={batch['T']},chunk={chunk}"
     gpu = common.is_cuda(a.device)
     unit, scale = ("TFLOP/s", 1e12) if gpu else ("GFLOP/s", 1e9)

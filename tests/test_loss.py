@@ -163,7 +163,8 @@ def test_masked_rows_are_not_read(seed, name):
         assert torch.equal(kern[1][masked], torch.zeros_like(kern[1][masked]))
 
 
-def test_second_backward_through_the_same_graph_raises(seed):
+def test_second_backward_through_the_same_graph_raises(seed, monkeypatch):
+    monkeypatch.setenv("GRPO_FORWARD_GRAD", "1")  # the forward-written dlogits path, whatever the dtype
     inp = make_inputs(2, 3, 40, torch.float32, LossConfig())
     x = inp["logits"].clone().requires_grad_()
     out = ops.grpo_loss(x, inp["targets"], inp["mask"], inp["advantages"], old_logp=inp["old_logp"], backend="cpu")

@@ -46,17 +46,25 @@ CHUNK_MULTIPLE = 64   # rows per chunk come in multiples of 64 (GEMM tiles, vect
 MIN_CHUNK = 256       # thinner GEMMs run far below the machine's rate (2-core CPU: 64 rows ~1.7x slower
                       # than 256 end to end), and each chunk re-reads and re-writes the fp32 dW (8 V H bytes)
 MAX_CHUNK = 16384     # tiny vocabularies would otherwise ask for enormous chunks; one GEMM is plenty
+# On a GPU each chunk also reads and writes the fp32 dW accumulator (8 V H bytes) while its GEMMs do
+# 6 chunk H V FLOPs: 0.75 chunk FLOP/byte against the H100's ~265 (767 TFLOP/s bf16 over 2.9 TB/s), so
+# chunks under ~3500 tokens are bound by the accumulator. Measured on an H100 at N=16384, H=4096,
+# V=151936 bf16 (bench/results/bench_fused_linear.csv): chunk 448 (N H / V) 156 ms = 391 TFLOP/s,
+# chunk 4096 92 ms = 665 TFLOP/s, with 1.2 GB of chunk logits.
+MIN_CHUNK_CUDA = 4096
 
 
-def plan_chunk(N: int, H: int, V: int, chunk_tokens=None) -> int:
+def plan_chunk(N: int, H: int, V: int, chunk_tokens=None, cuda: bool = False) -> int:
     """Tokens per chunk. Default rule: chunk * V ~ N * H, i.e. one chunk of logits is about as large as
-    the hidden states already in memory; round(N * H / V / 64) * 64, clamped to [256, 16384], at most N
-    (one chunk when it all fits). Peak extra memory is one chunk of logits (chunk * V elements in the
-    input dtype) plus O(N) vectors. `chunk_tokens` (an int >= 1) overrides the rule (still at most N)."""
+    the hidden states already in memory; round(N * H / V / 64) * 64, clamped to [256, 16384] (on CUDA to
+    [4096, 16384]: MIN_CHUNK_CUDA), at most N (one chunk when it all fits). Peak extra memory is one chunk
+    of logits (chunk * V elements in the input dtype) plus O(N) vectors, plus the fp32 dW accumulator for
+    low-precision weights. `chunk_tokens` (an int >= 1) overrides the rule (still at most N)."""
     if chunk_tokens is not None:
         return max(1, min(int(chunk_tokens), N))
     c = int(round(N * H / max(V, 1) / CHUNK_MULTIPLE)) * CHUNK_MULTIPLE
-    return max(1, min(max(MIN_CHUNK, min(MAX_CHUNK, c)), N))
+    floor = MIN_CHUNK_CUDA if cuda else MIN_CHUNK
+    return max(1, min(max(floor, min(MAX_CHUNK, c)), N))
 
 
 def chunk_bounds(N: int, chunk: int):
@@ -410,7 +418,7 @@ def fused_linear_grpo_loss(hidden, weight, targets, mask, advantages, *, old_log
     grad = torch.is_grad_enabled()
     need = (grad and hidden.requires_grad, grad and weight.requires_grad,
             grad and bias is not None and bias.requires_grad)
-    chunk = plan_chunk(B * T, H, weight.shape[0], chunk_tokens)
+    chunk = plan_chunk(B * T, H, weight.shape[0], chunk_tokens, cuda=hidden.is_cuda)
     loss, logp, ent, _, _, _ = _fused_op(
         hidden, weight, bias, targets.to(torch.int64).contiguous(), m, coef, adv, old, ref, samp,
         float(config.eps_low), float(config.eps_high), float(config.dual_clip or 0.0), float(config.beta), config.kl,
@@ -439,7 +447,7 @@ def fused_linear_logprobs(hidden, weight, targets, *, temperature=1.0, with_entr
             return fused_linear_logprobs_ref(hidden, weight, targets, temperature=temperature,
                                              with_entropy=with_entropy, bias=bias)
         H = hidden.shape[-1]
-        chunk = plan_chunk(targets.numel(), H, weight.shape[0], chunk_tokens)
+        chunk = plan_chunk(targets.numel(), H, weight.shape[0], chunk_tokens, cuda=hidden.is_cuda)
         logp, ent = _logprobs_op(hidden.detach(), weight.detach(), None if bias is None else bias.detach(),
                                  targets.to(torch.int64).contiguous(), float(temperature), bool(with_entropy), chunk,
                                  backend)
