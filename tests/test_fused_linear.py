@@ -6,6 +6,8 @@ the logits of the op's own GEMM at dtype d (the op's spec: the logits are an inp
 are the dtype-d logits, their gradient flows as through the fp64 matmul (straight through the rounding). An
 all-fp64 reference would count the shared bf16 rounding of the logits in both errors, and the rule on the
 scalar loss becomes a coin flip (our error equals exactly that of grpo_loss's kernel on the same logits)."""
+import os
+
 import pytest
 import torch
 
@@ -337,3 +339,17 @@ def test_cuda_bf16_matches_reference(seed, name):
     inp = make_inputs(4, 64, 256, 4097, torch.bfloat16, config, bias=name == "k3_beta", chunk_tokens=48,
                       device="cuda")
     check_against_reference(inp, config, torch.bfloat16, 48, backend="auto")
+
+
+@pytest.mark.skipif(not (has_cuda() or os.environ.get("TRITON_INTERPRET") == "1"),
+                    reason="Triton backend needs CUDA or TRITON_INTERPRET=1")
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", ["default", "k3_beta", "gspo", "is_seq_mask_gspo"])
+def test_triton_backend(seed, name, dtype):
+    """backend="triton": the loss kernel of each chunk (token-level) or the logprobs pass, Triton's
+    per-sequence head and the softmax-gradient pass (sequence-level); small, for the CPU interpreter."""
+    config = CONFIGS[name]
+    dev = "cuda" if has_cuda() else "cpu"
+    # bf16 bias over 37 columns: see test_odd_shapes
+    inp = make_inputs(3, 4, 16, 37, dtype, config, bias=dtype == torch.float32, chunk_tokens=5, device=dev)
+    check_against_reference(inp, config, dtype, 5, backend="triton")

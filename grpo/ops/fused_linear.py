@@ -15,8 +15,8 @@ import torch
 from . import _backend, _checks
 from .config import LossConfig, LossOutput
 from .logprobs import launch_logprobs, launch_softmax_grad, token_logprobs_ref
-from .loss import _f32, grpo_loss_ref, launch_loss, loss_metrics
-from .variants import AGGREGATIONS, IS_MODES, IS_NONE_CODE, KL_ESTIMATORS, RATIO_LEVELS
+from .loss import _f32, check_token_inputs, grpo_loss_ref, launch_loss, launch_loss_head, loss_metrics
+from .variants import AGGREGATIONS
 
 
 # --- reference (the spec) -----------------------------------------------------------------------------
@@ -133,23 +133,6 @@ def _chunk_backward(dl, h2d, weight, s, e, grads):
         db.add_(dl.sum(0, dtype=torch.float32))
 
 
-def launch_loss_head(logp, mask, coef, adv, old, ref, samp, config: LossConfig):
-    """The per-sequence GRPO head over all tokens (sequence-level ratio or IS weight): logp (N,), mask /
-    coef / old / ref / samp (B, T), adv (B,), all float32 -> tok_loss (N,), g = dLoss/dlogp (N,) float32.
-    Mirrors the head launch inside loss.launch_loss (grpo._C picks CPU or CUDA from the pointers' device)."""
-    B, T = mask.shape
-    f32 = dict(dtype=torch.float32, device=logp.device)
-    tok_loss, g = torch.empty(B * T, **f32), torch.empty(B * T, **f32)
-    _backend.native().loss_head(
-        **_backend.launch_args(logp), logp=logp.data_ptr(), old_logp=_backend.ptr(old), ref_logp=_backend.ptr(ref),
-        sampling_logp=_backend.ptr(samp), mask=mask.data_ptr(), coef=coef.data_ptr(), advantages=adv.data_ptr(),
-        tok_loss=tok_loss.data_ptr(), g_logp=g.data_ptr(), B=B, T=T, eps_low=config.eps_low,
-        eps_high=config.eps_high, dual_clip=config.dual_clip or 0.0, beta=config.beta, is_cap=config.is_cap,
-        kl=KL_ESTIMATORS.get(config.kl).code, ratio_level=RATIO_LEVELS.get(config.ratio_level).code,
-        is_mode=IS_NONE_CODE if config.is_mode is None else IS_MODES.get(config.is_mode).code)
-    return tok_loss, g
-
-
 def _tokenwise_sweep(h2d, weight, bias, t1d, m, coef, adv, old, ref, samp, config, chunk, grads, out, backend):
     """One sweep: per chunk, logits -> launch_loss (loss, logp, entropy and dlogits in place) -> GEMMs.
     The chunk's per-token inputs are passed as (n, 1) views with per-token advantages, so the kernel's
@@ -192,7 +175,7 @@ def _sequence_sweeps(h2d, weight, bias, t1d, m, coef, adv, old, ref, samp, confi
             stats[s:e] = st
         if ent is not None:
             ent[s:e] = en
-    tl, g = launch_loss_head(logp, m, coef, adv, old, ref, samp, config)
+    tl, g = launch_loss_head(logp, m, coef, adv, old, ref, samp, config, backend)
     tok_loss.copy_(tl)
     if not want_grad:
         return
@@ -369,18 +352,7 @@ def _check_loss_inputs(hidden, weight, bias, targets, mask, advantages, old_logp
         raise TypeError(f"config: expected a grpo.ops.LossConfig, got {type(config).__name__}")
     _checks.check_tensor("hidden", hidden)
     _check_linear(hidden, weight, bias, targets, dtypes, lead_dims=2)
-    B, T, _ = hidden.shape
-    _checks.check_tensor("mask", mask, shape=(B, T))
-    _checks.check_tensor("advantages", advantages, shape=(B,), floating=True)
-    for name, t in (("old_logp", old_logp), ("ref_logp", ref_logp), ("sampling_logp", sampling_logp)):
-        if t is not None:
-            _checks.check_tensor(name, t, shape=(B, T), floating=True)
-    _checks.check_same_device("hidden", hidden, mask=mask, advantages=advantages, old_logp=old_logp,
-                              ref_logp=ref_logp, sampling_logp=sampling_logp)
-    if config.beta != 0.0 and ref_logp is None:
-        raise ValueError(f"ref_logp: required when config.beta = {config.beta} != 0")
-    if config.is_mode is not None and sampling_logp is None:
-        raise ValueError(f"sampling_logp: required when config.is_mode = {config.is_mode!r}")
+    check_token_inputs("hidden", hidden, mask, advantages, old_logp, ref_logp, sampling_logp, config)
 
 
 def fused_linear_grpo_loss(hidden, weight, targets, mask, advantages, *, old_logp=None, ref_logp=None,

@@ -84,6 +84,35 @@ def loss_metrics(logp, mask, advantages, old_logp, ref_logp, sampling_logp, conf
 
 
 # --- launchers ----------------------------------------------------------------------------------------
+def head_options(config: LossConfig) -> dict:
+    """The LossConfig values the per-token head kernels take (variant names as csrc/params.h codes)."""
+    return dict(eps_low=config.eps_low, eps_high=config.eps_high, dual_clip=config.dual_clip or 0.0,
+                beta=config.beta, is_cap=config.is_cap, kl=KL_ESTIMATORS.get(config.kl).code,
+                is_mode=IS_NONE_CODE if config.is_mode is None else IS_MODES.get(config.is_mode).code)
+
+
+def _ratio_code(config: LossConfig) -> int:
+    return RATIO_LEVELS.get(config.ratio_level).code
+
+
+def launch_loss_head(logp, mask, coef, adv, old, ref, samp, config: LossConfig, backend="cpu"):
+    """The per-sequence GRPO head over all tokens (needed first by sequence-level ratios and IS weights):
+    logp (N,), mask / coef / old / ref / samp (B, T), adv (B,), all float32 -> tok_loss (N,), g (N,)."""
+    B, T = mask.shape
+    if backend == "triton":
+        from grpo.kernels import loss as tk
+        tok_loss, g = tk.sequence_head(logp.view(B, T), mask, coef, adv, old, ref, samp,
+                                       ratio_level=_ratio_code(config), **head_options(config))
+        return tok_loss.reshape(-1), g.reshape(-1)
+    tok_loss, g = torch.empty_like(logp), torch.empty_like(logp)
+    _backend.native().loss_head(
+        **_backend.launch_args(logp), logp=logp.data_ptr(), old_logp=_backend.ptr(old), ref_logp=_backend.ptr(ref),
+        sampling_logp=_backend.ptr(samp), mask=mask.data_ptr(), coef=coef.data_ptr(), advantages=adv.data_ptr(),
+        tok_loss=tok_loss.data_ptr(), g_logp=g.data_ptr(), B=B, T=T, ratio_level=_ratio_code(config),
+        **head_options(config))
+    return tok_loss, g
+
+
 def launch_loss(logits2d, targets1d, mask, coef, adv, old, ref, samp, config: LossConfig, dlogits=None,
                 backend="cpu"):
     """Kernel path. logits2d (N, V); mask/coef/old/ref/samp (B, T) float32; adv (B,) float32.
@@ -101,10 +130,7 @@ def launch_loss(logits2d, targets1d, mask, coef, adv, old, ref, samp, config: Lo
     ent = torch.empty(N, **f32) if config.entropy else None
     head = dict(old_logp=_backend.ptr(old), ref_logp=_backend.ptr(ref), sampling_logp=_backend.ptr(samp),
                 mask=mask.data_ptr(), coef=coef.data_ptr(), advantages=adv.data_ptr(), tok_loss=tok_loss.data_ptr(),
-                g_logp=g.data_ptr(), B=B, T=T, eps_low=config.eps_low, eps_high=config.eps_high,
-                dual_clip=config.dual_clip or 0.0, beta=config.beta, is_cap=config.is_cap,
-                kl=KL_ESTIMATORS.get(config.kl).code, ratio_level=RATIO_LEVELS.get(config.ratio_level).code,
-                is_mode=IS_NONE_CODE if config.is_mode is None else IS_MODES.get(config.is_mode).code)
+                g_logp=g.data_ptr(), B=B, T=T, **head_options(config), ratio_level=_ratio_code(config))
     C = _backend.native()
     rows = dict(logits=logits2d.data_ptr(), targets=targets1d.data_ptr(), logp=logp.data_ptr(),
                 stats=stats.data_ptr(), entropy=_backend.ptr(ent), row_stride=_checks.row_stride(logits2d),
@@ -115,7 +141,7 @@ def launch_loss(logits2d, targets1d, mask, coef, adv, old, ref, samp, config: Lo
         return tok_loss, logp, ent, stats, g
     # Sequence-level ratio or IS weight: a token's gradient needs its whole sequence first.
     C.logprobs(**_backend.launch_args(logits2d), N=N, V=V, **rows)
-    C.loss_head(**_backend.launch_args(logits2d), logp=logp.data_ptr(), **head)
+    tok_loss, g = launch_loss_head(logp, mask, coef, adv, old, ref, samp, config, backend)
     if dlogits is not None:
         launch_softmax_grad(logits2d, targets1d, stats, None, g, None, config.temperature, out=dlogits,
                             backend=backend)
@@ -129,18 +155,13 @@ def _launch_loss_triton(logits2d, targets1d, mask, coef, adv, old, ref, samp, co
     from grpo.kernels.logprobs import logprobs as tk_logprobs, softmax_grad as tk_softmax_grad
 
     B, T = mask.shape
-    head = dict(eps_low=config.eps_low, eps_high=config.eps_high, dual_clip=config.dual_clip or 0.0,
-                beta=config.beta, kl=KL_ESTIMATORS.get(config.kl).code, is_cap=config.is_cap,
-                is_mode=IS_NONE_CODE if config.is_mode is None else IS_MODES.get(config.is_mode).code)
     flat = lambda t: None if t is None else t.reshape(-1)  # noqa: E731  (B, T) contiguous -> (N,)
     if config.tokenwise:
         return tk.fused_loss(logits2d, targets1d, flat(coef), adv, flat(old), flat(ref), flat(samp),
                              mask=flat(mask), T_seq=T, temperature=config.temperature, entropy=config.entropy,
-                             dlogits=dlogits, **head)
+                             dlogits=dlogits, **head_options(config))
     logp, stats, ent = tk_logprobs(logits2d, targets1d, config.temperature, config.entropy, True)
-    tok_loss, g = tk.sequence_head(logp.view(B, T), mask, coef, adv, old, ref, samp,
-                                   ratio_level=RATIO_LEVELS.get(config.ratio_level).code, **head)
-    tok_loss, g = tok_loss.reshape(-1), g.reshape(-1)
+    tok_loss, g = launch_loss_head(logp, mask, coef, adv, old, ref, samp, config, "triton")
     if dlogits is not None:
         tk_softmax_grad(logits2d, targets1d, stats, None, g, None, config.temperature, out=dlogits)
     return tok_loss, logp, ent, stats, g
@@ -242,13 +263,19 @@ def _check_loss_inputs(logits, targets, mask, advantages, old_logp, ref_logp, sa
     if logits.dim() != 3:
         raise ValueError(f"logits: expected (B, T, V), got {_checks.describe(logits)}")
     check_logits_targets(logits, targets, dtypes)
-    B, T, _ = logits.shape
+    check_token_inputs("logits", logits, mask, advantages, old_logp, ref_logp, sampling_logp, config)
+
+
+def check_token_inputs(lead_name, lead, mask, advantages, old_logp, ref_logp, sampling_logp, config):
+    """The per-token inputs of a GRPO loss against the (B, T, ...) tensor `lead` (logits or hidden states):
+    shapes, dtypes, devices, and the ones the config requires."""
+    B, T = lead.shape[:2]
     _checks.check_tensor("mask", mask, shape=(B, T))
     _checks.check_tensor("advantages", advantages, shape=(B,), floating=True)
     for name, t in (("old_logp", old_logp), ("ref_logp", ref_logp), ("sampling_logp", sampling_logp)):
         if t is not None:
             _checks.check_tensor(name, t, shape=(B, T), floating=True)
-    _checks.check_same_device("logits", logits, mask=mask, advantages=advantages, old_logp=old_logp,
+    _checks.check_same_device(lead_name, lead, mask=mask, advantages=advantages, old_logp=old_logp,
                               ref_logp=ref_logp, sampling_logp=sampling_logp)
     if config.beta != 0.0 and ref_logp is None:
         raise ValueError(f"ref_logp: required when config.beta = {config.beta} != 0")
