@@ -17,7 +17,7 @@ void advantages(const AdvantageParams& p, int num_threads) {
     for (int64_t i = 0; i < p.B; ++i) ss += (p.rewards[i] - mean) * (p.rewards[i] - mean);
     batch_std = (float)std::sqrt(ss / (double)(p.B - 1));
   }
-#pragma omp parallel for schedule(static) num_threads(num_threads) if (num_groups > 4096)
+#pragma omp parallel for schedule(static) num_threads(num_threads) if (p.B > 16384)
   for (int64_t g = 0; g < num_groups; ++g) advantages_of_group(p, g, batch_std);
 }
 
