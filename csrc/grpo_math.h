@@ -235,47 +235,69 @@ GRPO_HD float head_samp(const LossHeadParams& p, int64_t i) {
   return p.sampling_logp ? p.sampling_logp[i] : head_old(p, i);
 }
 
+GRPO_HD bool head_seq_ratio(const LossHeadParams& p) { return p.ratio_level == kRatioSequence; }
+GRPO_HD bool head_seq_is(const LossHeadParams& p) { return p.is_mode == kISSeqTruncate || p.is_mode == kISSeqMask; }
+
+// Token i's terms of its sequence's sums: masked log-ratio (logp - old), masked IS log-ratio
+// (old - sampling), mask. Summed in double, serially on the CPU and as a tree over lanes on the GPU.
+GRPO_HD void head_sums_add(const LossHeadParams& p, int64_t i, double (&sums)[3]) {
+  const double m = p.mask[i];
+  sums[0] += m * ((double)p.logp[i] - (double)head_old(p, i));
+  sums[1] += m * ((double)head_old(p, i) - (double)head_samp(p, i));
+  sums[2] += m;
+}
+
+// The sequence's factors from its sums: the clamped token count, the GSPO ratio exp(mean log-ratio) and
+// the sequence IS weight (1 when the IS mode is not sequence-level).
+struct SeqFactors {
+  float n_cl;
+  float r_seq;
+  float w_seq;
+};
+
+GRPO_HD SeqFactors head_seq_factors(const LossHeadParams& p, const double (&sums)[3]) {
+  SeqFactors f;
+  f.n_cl = sums[2] < 1.0 ? 1.0f : (float)sums[2];
+  f.r_seq = fexp((float)(sums[0] / (double)f.n_cl));
+  f.w_seq = head_seq_is(p) ? is_weight(p.is_mode, (float)sums[1], p.is_cap) : 1.0f;
+  return f;
+}
+
+// Token i of sequence-aware head (advantage A, the sequence's factors f): writes tok_loss[i] and g_logp[i]
+// (without the sequence-ratio term, which needs the whole sequence first) and returns that term's share,
+// coef_i w_i dp/dr.
+GRPO_HD double head_token(const LossHeadParams& p, int64_t i, float A, SeqFactors f) {
+  const bool seq_ratio = head_seq_ratio(p);
+  const float lp = p.logp[i], old = head_old(p, i);
+  const float r = seq_ratio ? f.r_seq : fexp(lp - old);
+  float w = f.w_seq;
+  if (!head_seq_is(p) && p.is_mode != kISNone) w = is_weight(p.is_mode, old - head_samp(p, i), p.is_cap);
+  PolicyTerm pt = policy_term(r, A, p.eps_low, p.eps_high, p.dual_clip);
+  float loss = pt.loss * w;
+  float g = seq_ratio ? 0.0f : pt.dloss_dr * r * w;
+  if (p.beta != 0.0f) {
+    const float ref = head_ref(p, i);
+    loss += p.beta * kl_value(p.kl, lp, ref);
+    g += p.beta * kl_grad(p.kl, lp, ref);
+  }
+  p.tok_loss[i] = loss;
+  p.g_logp[i] = p.coef[i] * g;
+  return (double)p.coef[i] * pt.dloss_dr * w;
+}
+
 // One sequence b, serially over its T tokens: sequence-level ratio (GSPO: exp of the masked mean of
 // logp - old, gradient through the mean) and/or sequence-level IS weight (exp of the masked sum of
 // old - sampling). Also handles the token-level case.
 GRPO_HD void head_sequence(const LossHeadParams& p, int64_t b) {
   const int64_t base = b * p.T;
-  const float A = p.advantages[b];
-  double lr_sum = 0.0, is_sum = 0.0, n = 0.0;
-  for (int64_t t = 0; t < p.T; ++t) {
-    const int64_t i = base + t;
-    const float m = p.mask[i];
-    lr_sum += (double)m * ((double)p.logp[i] - (double)head_old(p, i));
-    is_sum += (double)m * ((double)head_old(p, i) - (double)head_samp(p, i));
-    n += m;
-  }
-  const float n_cl = n < 1.0 ? 1.0f : (float)n;
-  const bool seq_ratio = p.ratio_level == kRatioSequence;
-  const bool seq_is = p.is_mode == kISSeqTruncate || p.is_mode == kISSeqMask;
-  const float r_seq = fexp((float)(lr_sum / (double)n_cl));
-  const float w_seq = seq_is ? is_weight(p.is_mode, (float)is_sum, p.is_cap) : 1.0f;
+  double sums[3] = {0.0, 0.0, 0.0};
+  for (int64_t t = 0; t < p.T; ++t) head_sums_add(p, base + t, sums);
+  const SeqFactors f = head_seq_factors(p, sums);
   // Sequence ratio: dL/dlogp_t = (sum_t' coef_t' w_t' dp/dr) * r * m_t / n  + coef_t beta dKL_t.
   double acc = 0.0;
-  for (int64_t t = 0; t < p.T; ++t) {
-    const int64_t i = base + t;
-    const float lp = p.logp[i], old = head_old(p, i);
-    const float r = seq_ratio ? r_seq : fexp(lp - old);
-    float w = w_seq;
-    if (!seq_is && p.is_mode != kISNone) w = is_weight(p.is_mode, old - head_samp(p, i), p.is_cap);
-    PolicyTerm pt = policy_term(r, A, p.eps_low, p.eps_high, p.dual_clip);
-    float loss = pt.loss * w;
-    float g = seq_ratio ? 0.0f : pt.dloss_dr * r * w;
-    acc += (double)p.coef[i] * pt.dloss_dr * w;
-    if (p.beta != 0.0f) {
-      const float ref = head_ref(p, i);
-      loss += p.beta * kl_value(p.kl, lp, ref);
-      g += p.beta * kl_grad(p.kl, lp, ref);
-    }
-    p.tok_loss[i] = loss;
-    p.g_logp[i] = p.coef[i] * g;
-  }
-  if (seq_ratio) {
-    const float scale = (float)acc * r_seq / n_cl;
+  for (int64_t t = 0; t < p.T; ++t) acc += head_token(p, base + t, p.advantages[b], f);
+  if (head_seq_ratio(p)) {
+    const float scale = (float)acc * f.r_seq / f.n_cl;
     for (int64_t t = 0; t < p.T; ++t) p.g_logp[base + t] += scale * p.mask[base + t];
   }
 }

@@ -16,56 +16,28 @@ template <int kThreads>
 __global__ void __launch_bounds__(Slots<kThreads>::kBlock) loss_head_kernel(const LossHeadParams p) {
   using S = Slots<kThreads>;
   const int lane = S::lane();
-  const bool seq_ratio = p.ratio_level == kRatioSequence;
-  const bool seq_is = p.is_mode == kISSeqTruncate || p.is_mode == kISSeqMask;
   for (int64_t b = S::first(); b < p.B; b += S::stride()) {
     const int64_t base = b * p.T;
-    const float A = p.advantages[b];
-    float r_seq = 1.0f, w_seq = 1.0f, n_cl = 1.0f;  // head_sequence's values when nothing is sequence-level
-    if (seq_ratio || seq_is) {
-      double sums[3] = {0.0, 0.0, 0.0};  // lr_sum, is_sum, n
-      for (int64_t t = lane; t < p.T; t += kThreads) {
-        const int64_t i = base + t;
-        const float m = p.mask[i];
-        sums[0] += (double)m * ((double)p.logp[i] - (double)head_old(p, i));
-        sums[1] += (double)m * ((double)head_old(p, i) - (double)head_samp(p, i));
-        sums[2] += m;
-      }
+    SeqFactors f{1.0f, 1.0f, 1.0f};  // token-level ratio and IS: head_token reads none of these
+    if (head_seq_ratio(p) || head_seq_is(p)) {
+      double sums[3] = {0.0, 0.0, 0.0};
+      for (int64_t t = lane; t < p.T; t += kThreads) head_sums_add(p, base + t, sums);
       group_sum<kThreads>(sums);
-      n_cl = sums[2] < 1.0 ? 1.0f : (float)sums[2];
-      r_seq = fexp((float)(sums[0] / (double)n_cl));
-      w_seq = seq_is ? is_weight(p.is_mode, (float)sums[1], p.is_cap) : 1.0f;
+      f = head_seq_factors(p, sums);
     }
     double acc[1] = {0.0};
-    for (int64_t t = lane; t < p.T; t += kThreads) {
-      const int64_t i = base + t;
-      const float lp = p.logp[i], old = head_old(p, i);
-      const float r = seq_ratio ? r_seq : fexp(lp - old);
-      float w = w_seq;
-      if (!seq_is && p.is_mode != kISNone) w = is_weight(p.is_mode, old - head_samp(p, i), p.is_cap);
-      PolicyTerm pt = policy_term(r, A, p.eps_low, p.eps_high, p.dual_clip);
-      float loss = pt.loss * w;
-      float g = seq_ratio ? 0.0f : pt.dloss_dr * r * w;
-      acc[0] += (double)p.coef[i] * pt.dloss_dr * w;
-      if (p.beta != 0.0f) {
-        const float ref = head_ref(p, i);
-        loss += p.beta * kl_value(p.kl, lp, ref);
-        g += p.beta * kl_grad(p.kl, lp, ref);
-      }
-      p.tok_loss[i] = loss;
-      p.g_logp[i] = p.coef[i] * g;
-    }
-    if (seq_ratio) {  // each lane adds to the g_logp it wrote itself: no barrier needed for those
+    for (int64_t t = lane; t < p.T; t += kThreads) acc[0] += head_token(p, base + t, p.advantages[b], f);
+    if (head_seq_ratio(p)) {  // each lane adds to the g_logp it wrote itself: no barrier needed for those
       group_sum<kThreads>(acc);
-      const float scale = (float)acc[0] * r_seq / n_cl;
+      const float scale = (float)acc[0] * f.r_seq / f.n_cl;
       for (int64_t t = lane; t < p.T; t += kThreads) p.g_logp[base + t] += scale * p.mask[base + t];
     }
   }
 }
 
 // One row per group of lanes: pass 1 (statistics, logp, entropy), the token head on lane 0 exactly as
-// csrc/cpu/loss.cpp, g shared with the group, pass 2 (dlogits, no entropy term). Masked rows are skipped. One read of the row
-// for the forward, one read + one write for the gradient; dlogits may alias logits.
+// csrc/cpu/loss.cpp, g shared with the group, pass 2 (dlogits, no entropy term). Masked rows are skipped.
+// One read of the row for the forward, one read + one write for the gradient; dlogits may alias logits.
 template <typename T, int kThreads>
 __global__ void __launch_bounds__(Slots<kThreads>::kBlock, Slots<kThreads>::kMinBlocks)
     fused_loss_kernel(const FusedLossParams fp) {
