@@ -15,8 +15,7 @@ import torch
 from . import _backend, _checks
 from .config import LossConfig, LossOutput
 from .logprobs import launch_logprobs, launch_softmax_grad, token_logprobs_ref
-from .loss import _f32, check_token_inputs, grpo_loss_ref, launch_loss, launch_loss_head, loss_metrics
-from .variants import AGGREGATIONS
+from .loss import check_token_inputs, grpo_loss_ref, kernel_inputs, launch_loss, launch_loss_head, loss_metrics
 
 
 # --- reference (the spec) -----------------------------------------------------------------------------
@@ -381,12 +380,8 @@ def fused_linear_grpo_loss(hidden, weight, targets, mask, advantages, *, old_log
                                           ref_logp=ref_logp, sampling_logp=sampling_logp, config=config,
                                           num_tokens=num_tokens, num_sequences=num_sequences)
     B, T, H = hidden.shape
-    m = mask.to(torch.float32).contiguous()
-    coef = AGGREGATIONS.get(config.loss_agg).extra(m, num_tokens, num_sequences, config.max_completion_length)
-    coef = coef.to(torch.float32).contiguous()
-    adv, old, ref, samp = _f32(advantages), _f32(old_logp), _f32(ref_logp), _f32(sampling_logp)
-    ref = ref if config.beta != 0.0 else None
-    samp = samp if config.is_mode is not None else None
+    m, coef, adv, old, ref, samp = kernel_inputs(mask, advantages, old_logp, ref_logp, sampling_logp, config,
+                                                 num_tokens, num_sequences)
     grad = torch.is_grad_enabled()
     need = (grad and hidden.requires_grad, grad and weight.requires_grad,
             grad and bias is not None and bias.requires_grad)

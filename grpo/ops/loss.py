@@ -12,7 +12,8 @@ import torch
 
 from . import _backend, _checks
 from .config import LossConfig, LossOutput
-from .logprobs import _softmax_grad_op, check_logits_targets, launch_softmax_grad, logprobs_at_dtype
+from .logprobs import (_softmax_grad_op, check_logits_targets, launch_logprobs, launch_softmax_grad,
+                       logprobs_at_dtype)
 from .variants import AGGREGATIONS, IS_MODES, IS_NONE_CODE, KL_ESTIMATORS, RATIO_LEVELS
 
 
@@ -120,27 +121,11 @@ def launch_loss(logits2d, targets1d, mask, coef, adv, old, ref, samp, config: Lo
     Returns (tok_loss (N,), logp (N,), entropy (N,) or None, stats (N, 2), g (N,) = dLoss/dlogp), all float32.
     With `dlogits` (N, V) given (it may be logits2d itself: in place), the same launch also writes the
     unscaled gradient while each row is hot: the one-launch forward+backward the fused linear op uses."""
-    if backend == "triton":
-        return _launch_loss_triton(logits2d, targets1d, mask, coef, adv, old, ref, samp, config, dlogits)
-    B, T = mask.shape
-    N, V = logits2d.shape
-    f32 = dict(dtype=torch.float32, device=logits2d.device)
-    tok_loss, g, logp = torch.empty(N, **f32), torch.empty(N, **f32), torch.empty(N, **f32)
-    stats = torch.empty(N, 2, **f32)
-    ent = torch.empty(N, **f32) if config.entropy else None
-    head = dict(old_logp=_backend.ptr(old), ref_logp=_backend.ptr(ref), sampling_logp=_backend.ptr(samp),
-                mask=mask.data_ptr(), coef=coef.data_ptr(), advantages=adv.data_ptr(), tok_loss=tok_loss.data_ptr(),
-                g_logp=g.data_ptr(), B=B, T=T, **head_options(config), ratio_level=_ratio_code(config))
-    C = _backend.native()
-    rows = dict(logits=logits2d.data_ptr(), targets=targets1d.data_ptr(), logp=logp.data_ptr(),
-                stats=stats.data_ptr(), entropy=_backend.ptr(ent), row_stride=_checks.row_stride(logits2d),
-                temperature=float(config.temperature), dtype=_checks.KERNEL_DTYPE_CODES[logits2d.dtype])
     if config.tokenwise:  # one launch: row stats -> per-token head (-> dlogits while the row is hot)
-        C.fused_loss(**_backend.launch_args(logits2d), V=V, dlogits=_backend.ptr(dlogits),
-                     grad_row_stride=_checks.row_stride(dlogits) if dlogits is not None else V, **rows, **head)
-        return tok_loss, logp, ent, stats, g
-    # Sequence-level ratio or IS weight: a token's gradient needs its whole sequence first.
-    C.logprobs(**_backend.launch_args(logits2d), N=N, V=V, **rows)
+        return _launch_fused_loss(logits2d, targets1d, mask, coef, adv, old, ref, samp, config, dlogits, backend)
+    # Sequence-level ratio or IS weight: a token's gradient needs its whole sequence first, so row stats ->
+    # per-sequence head -> softmax-gradient pass (no [N, V] temporary).
+    logp, stats, ent = launch_logprobs(logits2d, targets1d, config.temperature, config.entropy, True, backend)
     tok_loss, g = launch_loss_head(logp, mask, coef, adv, old, ref, samp, config, backend)
     if dlogits is not None:
         launch_softmax_grad(logits2d, targets1d, stats, None, g, None, config.temperature, out=dlogits,
@@ -148,23 +133,41 @@ def launch_loss(logits2d, targets1d, mask, coef, adv, old, ref, samp, config: Lo
     return tok_loss, logp, ent, stats, g
 
 
-def _launch_loss_triton(logits2d, targets1d, mask, coef, adv, old, ref, samp, config, dlogits):
-    """launch_loss on grpo.kernels: token-level configs in one fused launch; sequence-level ones as row stats
-    -> per-sequence head -> softmax-gradient pass (no [N, V] temporary)."""
-    from grpo.kernels import loss as tk
-    from grpo.kernels.logprobs import logprobs as tk_logprobs, softmax_grad as tk_softmax_grad
-
+def _launch_fused_loss(logits2d, targets1d, mask, coef, adv, old, ref, samp, config, dlogits, backend):
+    """The token-level fused launch of launch_loss (same arguments and outputs) on grpo.kernels or grpo._C."""
     B, T = mask.shape
-    flat = lambda t: None if t is None else t.reshape(-1)  # noqa: E731  (B, T) contiguous -> (N,)
-    if config.tokenwise:
+    if backend == "triton":
+        from grpo.kernels import loss as tk
+        flat = lambda t: None if t is None else t.reshape(-1)  # noqa: E731  (B, T) contiguous -> (N,)
         return tk.fused_loss(logits2d, targets1d, flat(coef), adv, flat(old), flat(ref), flat(samp),
                              mask=flat(mask), T_seq=T, temperature=config.temperature, entropy=config.entropy,
                              dlogits=dlogits, **head_options(config))
-    logp, stats, ent = tk_logprobs(logits2d, targets1d, config.temperature, config.entropy, True)
-    tok_loss, g = launch_loss_head(logp, mask, coef, adv, old, ref, samp, config, "triton")
-    if dlogits is not None:
-        tk_softmax_grad(logits2d, targets1d, stats, None, g, None, config.temperature, out=dlogits)
+    N, V = logits2d.shape
+    f32 = dict(dtype=torch.float32, device=logits2d.device)
+    tok_loss, g, logp = torch.empty(N, **f32), torch.empty(N, **f32), torch.empty(N, **f32)
+    stats = torch.empty(N, 2, **f32)
+    ent = torch.empty(N, **f32) if config.entropy else None
+    _backend.native().fused_loss(
+        **_backend.launch_args(logits2d), V=V, logits=logits2d.data_ptr(), targets=targets1d.data_ptr(),
+        logp=logp.data_ptr(), stats=stats.data_ptr(), entropy=_backend.ptr(ent),
+        row_stride=_checks.row_stride(logits2d), temperature=float(config.temperature),
+        dtype=_checks.KERNEL_DTYPE_CODES[logits2d.dtype], dlogits=_backend.ptr(dlogits),
+        grad_row_stride=_checks.row_stride(dlogits) if dlogits is not None else V,
+        old_logp=_backend.ptr(old), ref_logp=_backend.ptr(ref), sampling_logp=_backend.ptr(samp),
+        mask=mask.data_ptr(), coef=coef.data_ptr(), advantages=adv.data_ptr(), tok_loss=tok_loss.data_ptr(),
+        g_logp=g.data_ptr(), B=B, T=T, ratio_level=_ratio_code(config), **head_options(config))
     return tok_loss, logp, ent, stats, g
+
+
+def kernel_inputs(mask, advantages, old_logp, ref_logp, sampling_logp, config, num_tokens, num_sequences):
+    """What the kernels take besides the logits: mask (B, T) and its aggregation weights coef (B, T), and
+    advantages / old / ref / sampling logprobs, all contiguous float32; ref is None when beta is 0 and
+    sampling None without an IS mode (the kernels then never read them)."""
+    m = mask.to(torch.float32).contiguous()
+    coef = AGGREGATIONS.get(config.loss_agg).extra(m, num_tokens, num_sequences, config.max_completion_length)
+    ref = _f32(ref_logp) if config.beta != 0.0 else None
+    samp = _f32(sampling_logp) if config.is_mode is not None else None
+    return m, coef.to(torch.float32).contiguous(), _f32(advantages), _f32(old_logp), ref, samp
 
 
 def _f32(t):
@@ -172,9 +175,9 @@ def _f32(t):
 
 
 # --- custom ops + autograd ----------------------------------------------------------------------------
-# For the (backend, dtype) pairs in FORWARD_GRAD (below), when the logits need a gradient, the forward writes dlogits for an
-# upstream gradient of 1 in the same launch as the loss, while each row is hot (one read of the logits
-# from memory, one write of dlogits): the backward of `loss.backward()` then has nothing left to do.
+# For the (backend, dtype) pairs in FORWARD_GRAD (below), when the logits need a gradient, the forward
+# writes dlogits for an upstream gradient of 1 in the same launch as the loss, while each row is hot (one
+# read of the logits from memory, one write of dlogits): `loss.backward()` then has nothing left to do.
 # Elsewhere the backward reads the logits once more and writes dlogits. Any other upstream gradient (a loss
 # scaled after the op) makes the backward recompute dlogits with g * g_out folded in before the single
 # rounding to the logits' dtype (one more read + write; pass num_tokens / num_sequences instead of
@@ -304,12 +307,8 @@ def grpo_loss(logits, targets, mask, advantages, *, old_logp=None, ref_logp=None
                              sampling_logp=sampling_logp, config=config, num_tokens=num_tokens,
                              num_sequences=num_sequences)
     _checks.check_rows_viewable("logits", logits)
-    m = mask.to(torch.float32).contiguous()
-    coef = AGGREGATIONS.get(config.loss_agg).extra(m, num_tokens, num_sequences, config.max_completion_length)
-    coef = coef.to(torch.float32).contiguous()
-    adv, old, ref, samp = _f32(advantages), _f32(old_logp), _f32(ref_logp), _f32(sampling_logp)
-    ref = ref if config.beta != 0.0 else None
-    samp = samp if config.is_mode is not None else None
+    m, coef, adv, old, ref, samp = kernel_inputs(mask, advantages, old_logp, ref_logp, sampling_logp, config,
+                                                 num_tokens, num_sequences)
     loss, logp, ent, _, _, _ = _loss_op(logits, targets.to(torch.int64).contiguous(), m, coef, adv, old, ref, samp,
                                   float(config.eps_low), float(config.eps_high), float(config.dual_clip or 0.0),
                                   float(config.beta), config.kl, config.ratio_level, config.is_mode or "",
