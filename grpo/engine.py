@@ -65,7 +65,8 @@ class GRPOEngine:
             max_completion_length=cfg.loss.max_completion_length or cfg.sampling.max_tokens)
         self.step = 0
         self.timer = PhaseTimer(sync_cuda=self.device.type == "cuda")
-        self.sampler_is_current = True  # the sampler starts from the same weights as the policy
+        # A sampler we started holds the policy's initial weights; one handed in may hold anything.
+        self.sampler_is_current = sampler is None
         self._rollouts_in_step = 0
 
     # --- the callable steps -------------------------------------------------------------------------

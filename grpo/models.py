@@ -57,9 +57,11 @@ def train_tiny_tokenizer(vocab_size: int = 300):
 
 def build_tiny_model(folder, *, seed: int = 0, vocab_size: int = 300, hidden: int = 128, layers: int = 2,
                      heads: int = 4, kv_heads: int = 2, intermediate: int = 256, max_positions: int = 1024,
-                     tie: bool = True, init_std: float = 0.02) -> Path:
+                     tie: bool = True, init_std: float = 0.02, config_vocab_size: int | None = None) -> Path:
     """Writes a random tiny Qwen2 (fp32 safetensors) and its tokenizer to `folder`; returns the folder.
-    Same seed, same weights. Written to a temporary folder and renamed, so a half-written folder never
+    Same seed, same weights. `config_vocab_size` makes the model's vocabulary (embedding rows) larger than
+    the tokenizer's, for realistically sized embeddings (benchmarks); the extra ids are never produced by
+    the tokenizer. Written to a temporary folder and renamed, so a half-written folder never
     exists under the final name."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -67,7 +69,7 @@ def build_tiny_model(folder, *, seed: int = 0, vocab_size: int = 300, hidden: in
     folder = Path(folder)
     tokenizer = train_tiny_tokenizer(vocab_size)
     config = Qwen2Config(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+        vocab_size=max(len(tokenizer), config_vocab_size or 0), hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
         num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=max_positions,
         tie_word_embeddings=tie, initializer_range=init_std, rms_norm_eps=1e-6, rope_theta=10000.0,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None,

@@ -217,5 +217,10 @@ def hf_token_logprobs(model: torch.nn.Module, ids: Sequence[int]) -> torch.Tenso
     fp32 log_softmax of its logits (the trainer's view, for check_in_sync)."""
     dev = next(model.parameters()).device
     x = torch.as_tensor([list(ids)], dtype=torch.int64, device=dev)
-    logits = model(input_ids=x).logits[0, :-1].float()
+    was_training = model.training
+    model.eval()  # no dropout in the probe; the trainer's mode comes back after
+    try:
+        logits = model(input_ids=x).logits[0, :-1].float()
+    finally:
+        model.train(was_training)
     return torch.log_softmax(logits, dim=-1).gather(1, x[0, 1:, None])[:, 0].cpu()
