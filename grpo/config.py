@@ -98,7 +98,6 @@ class TrainConfig:
     advantage_estimator: str = "grpo" # grpo | rloo
     dynamic_sampling: bool = False    # drop groups with equal rewards, oversample to refill
     max_oversample_rounds: int = 2
-    importance_sampling: bool = True  # pass the sampler's logprobs (LossConfig.is_mode decides the mode)
     eval_every: int = 0               # evaluate on the held-out split every K steps (0: start and end only)
     seed: int = 0
     device: str = "auto"              # auto | cpu | cuda
@@ -147,7 +146,8 @@ def _default() -> dict:
                                       {"name": "format_soft", "weight": 0.5}]},
             "optim": {"lr": 1e-5, "warmup_steps": 2},
             "train": {"steps": 14, "prompts_per_step": 6, "token_budget": 4096},
-            "loss": {"eps_high": 0.28}}
+            "sampler": {"sync_check_every": 5},
+            "loss": {"eps_high": 0.28, "is_mode": "token_truncate"}}
 
 
 @PRESETS.register("tiny")

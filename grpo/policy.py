@@ -169,13 +169,22 @@ def logprob_pass(model, batch: Batch, *, temperature: float, budget: int, packed
             ids, m = batch.completion_ids[idx, :T], batch.mask[idx, :T]
             with _autocast(autocast):
                 h = completion_hidden(model, [batch.prompt_ids[i] for i in idx], ids, m, packed=packed)
-            h = h.to(weight.dtype)
-            lp = ops.fused_linear_logprobs(h, weight, ids.to(h.device), temperature=temperature, bias=bias,
+            h, w, b = _head_dtype(h, weight, bias, autocast)
+            lp = ops.fused_linear_logprobs(h, w, ids.to(h.device), temperature=temperature, bias=b,
                                            chunk_tokens=chunk_tokens, backend=backend)
             out[idx, :T] = torch.where(m, lp.to(out.device), 0.0)
     finally:
         model.train(was_training)
     return out
+
+
+def _head_dtype(h, weight, bias, autocast):
+    """Under bf16 autocast the lm_head GEMMs run in bf16 too (a differentiable cast of the fp32 master
+    weight: its gradient arrives in fp32); otherwise hidden states take the weight's dtype."""
+    if autocast is None:
+        return h.to(weight.dtype), weight, bias
+    cast = lambda t: None if t is None else t.to(torch.bfloat16)  # noqa: E731
+    return cast(h), cast(weight), cast(bias)
 
 
 def _autocast(device_type):
@@ -194,8 +203,7 @@ def loss_on_micro_batch(model, batch: Batch, idx: list[int], *, config: ops.Loss
     ids, m = batch.completion_ids[idx, :T], batch.mask[idx, :T]
     with _autocast(autocast):
         h = completion_hidden(model, [batch.prompt_ids[i] for i in idx], ids, m, packed=packed)
-    weight, bias = lm_head_of(model)
-    h = h.to(weight.dtype)
+    h, weight, bias = _head_dtype(h, *lm_head_of(model), autocast)
     out = ops.fused_linear_grpo_loss(
         h, weight, ids.to(h.device), m.to(h.device), batch.advantages[idx].to(h.device),
         old_logp=_select(batch.old_logp, idx, T), ref_logp=_select(batch.ref_logp, idx, T),
