@@ -51,6 +51,7 @@ class SamplingOptions:
     top_k: int = -1
     stop: list = field(default_factory=list)
     eval_temperature: float = 0.0     # evaluation decodes greedily by default
+    eval_samples: int = 1             # completions per held-out prompt (pass@1 is their mean accuracy)
 
 
 @dataclass
@@ -139,7 +140,8 @@ def _default() -> dict:
     gets some right at temperature 1, so most groups carry signal) and the R1 format reward."""
     return {"model": {"path": "default"},
             "data": {"task": "arithmetic", "level": [0, 1], "size": 1000, "eval_size": 32},
-            "sampling": {"group_size": 6, "max_tokens": 64, "temperature": 0.8},
+            "sampling": {"group_size": 6, "max_tokens": 64, "temperature": 0.8, "eval_temperature": 0.6,
+                         "eval_samples": 4},
             # The 135M model never writes <think>/<answer> tags on its own (measured: 0 of 192 samples), so
             # accuracy reads the last number when tags are missing; the format reward pays once tags appear.
             "rewards": {"functions": [{"name": "accuracy", "weight": 1.0, "kwargs": {"require_tags": False}},
@@ -315,6 +317,8 @@ def validate(cfg: Config) -> None:
     s, t, o = cfg.sampling, cfg.train, cfg.optim
     need(s.group_size >= 1, "sampling.group_size", "an int >= 1", s.group_size)
     need(s.max_tokens >= 1, "sampling.max_tokens", "an int >= 1", s.max_tokens)
+    need(s.eval_samples >= 1, "sampling.eval_samples", "an int >= 1", s.eval_samples)
+    need(s.eval_temperature >= 0, "sampling.eval_temperature", "a number >= 0 (0: greedy)", s.eval_temperature)
     need(s.temperature > 0 and math.isfinite(s.temperature), "sampling.temperature",
          "a finite number > 0 (training samples; eval_temperature may be 0)", s.temperature)
     need(cfg.loss.temperature in (1.0, s.temperature), "loss.temperature",

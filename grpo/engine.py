@@ -72,7 +72,7 @@ class GRPOEngine:
     # --- the callable steps -------------------------------------------------------------------------
     def sampling_config(self, *, eval_mode: bool = False, n: Optional[int] = None) -> SamplingConfig:
         s = self.cfg.sampling
-        return SamplingConfig(n=n or (1 if eval_mode else s.group_size), max_tokens=s.max_tokens,
+        return SamplingConfig(n=n or (s.eval_samples if eval_mode else s.group_size), max_tokens=s.max_tokens,
                               temperature=s.eval_temperature if eval_mode else s.temperature,
                               top_p=1.0 if eval_mode else s.top_p, top_k=-1 if eval_mode else s.top_k,
                               stop=tuple(s.stop))
@@ -226,8 +226,9 @@ class GRPOEngine:
 
     @torch.no_grad()
     def evaluate(self, examples=None, limit: Optional[int] = None) -> dict:
-        """Held-out split, one completion each at eval_temperature: mean of every reward function, accuracy
-        (the task's correctness reward), format rates, completion length."""
+        """Held-out split, sampling.eval_samples completions each at eval_temperature: mean of every reward
+        function, accuracy (the task's correctness reward: pass@1 averaged over the samples), format
+        rates, completion length. The completions go to run_dir/eval_samples.jsonl."""
         examples = list(self.eval_data if examples is None else examples)[:limit]
         if not self.sampler_is_current:
             self.sync_weights()
@@ -244,12 +245,25 @@ class GRPOEngine:
         finally:
             self.reward_specs = saved
         acc_name = correctness_reward(self.cfg.data.task)
+        self._write_eval_samples(rollout, examples, scores)
         out = {f"reward/{k}": float(v.mean()) for k, v in scores.per_function.items()}
         out.update({"accuracy": float(scores.per_function[acc_name].mean()),
                     "format_rate": float((scores.per_function["format_strict"] > 0).float().mean()),
                     "format_soft_rate": float((scores.per_function["format_soft"] > 0).float().mean()),
                     "completion_len/mean": float(rollout.lengths().float().mean()), "examples": len(examples)})
         return out
+
+    def _write_eval_samples(self, rollout, examples, scores) -> None:
+        if self.run_dir is None:
+            return
+        import json
+        n = rollout.n
+        with open(self.run_dir / "eval_samples.jsonl", "a") as f:
+            for i, text in enumerate(rollout.texts):
+                ex = examples[i // n]
+                row = {"step": self.step, "id": ex.id, "question": ex.question, "answer": ex.answer,
+                       "completion": text, **{k: float(v[i]) for k, v in scores.per_function.items()}}
+                f.write(json.dumps(row) + "\n")
 
     # --- checkpoints --------------------------------------------------------------------------------
     def save(self, keep_last: Optional[int] = None) -> Path:
