@@ -115,7 +115,8 @@ def load_checkpoint(path, *, model, optimizer, scheduler) -> dict:
     path = Path(path)
     weights = load_file(str(path / "model.safetensors"))
     missing, unexpected = model.load_state_dict(weights, strict=False)
-    tied = {n for n in missing if n.endswith("lm_head.weight") and getattr(model.config, "tie_word_embeddings", False)}
+    tie = getattr(getattr(model, "config", None), "tie_word_embeddings", False)
+    tied = {n for n in missing if n.endswith("lm_head.weight") and tie}
     if set(missing) - tied or unexpected:
         raise ValueError(f"checkpoint {path}: missing {sorted(set(missing) - tied)[:5]}, unexpected {unexpected[:5]}")
     state = torch.load(path / "state.pt", weights_only=False)

@@ -7,7 +7,7 @@ from .metrics import read_metrics
 
 PANELS = [  # (title, [(metric, kind)])
     ("reward", [("reward/total_mean", "train")]),
-    ("accuracy / format (train samples; eval greedy)", [("accuracy", "train"), ("format_rate", "train"),
+    ("accuracy / format (train samples; eval held-out)", [("accuracy", "train"), ("format_rate", "train"),
                                                          ("accuracy", "eval"), ("format_rate", "eval")]),
     ("completion length (tokens)", [("completion_len/mean", "train"), ("completion_len/max", "train")]),
     ("KL / clip fraction", [("kl", "train"), ("clip_frac_low", "train"), ("clip_frac_high", "train")]),
