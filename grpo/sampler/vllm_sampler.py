@@ -116,6 +116,17 @@ def _register_inproc_backend() -> None:
     WeightTransferEngineFactory.register_engine(INPROC_BACKEND, InProcessWeightTransferEngine)
 
 
+def _chosen_logprobs(lp, toks: list[int], i: int) -> list[float]:
+    """The logprob of each chosen token from vLLM's per-position logprobs (FlatLogprobs: the sampled
+    token comes first at each position; or a list of {token_id: Logprob})."""
+    starts = getattr(lp, "start_indices", None)
+    if starts is None:
+        return [d[t].logprob for d, t in zip(lp, toks)]
+    if len(starts) != len(toks) or any(lp.token_ids[s] != t for s, t in zip(starts, toks)):
+        raise RuntimeError(f"prompts[{i}]: vLLM's logprobs do not line up with the sampled tokens")
+    return [lp.logprobs[s] for s in starts]
+
+
 class VLLMSampler:
     """Colocated vLLM sampler. `generate(prompts, sampling) -> Rollout`; `update_weights(pairs or module)`
     loads new weights in place; `check_in_sync(model)` compares with the trainer's model.
@@ -159,26 +170,31 @@ class VLLMSampler:
         t0 = time.perf_counter()
         self._set_num_threads = torch.set_num_threads  # the CPU worker replaces it with a no-op
         from vllm import LLM
-        kw = dict(model=str(self.model_path), dtype=dtype, enforce_eager=enforce_eager, seed=seed,
-                  enable_prefix_caching=enable_prefix_caching, logprobs_mode="processed_logprobs",
-                  gpu_memory_utilization=gpu_memory_utilization)
-        if max_model_len is not None:
-            kw["max_model_len"] = max_model_len
-        if block_size is not None:
-            kw["block_size"] = block_size
-        if self.on_gpu:
-            kw["enable_sleep_mode"] = True
-        if weight_transfer == "native":
-            _register_inproc_backend()
-            from vllm.config import WeightTransferConfig
-            kw["weight_transfer_config"] = WeightTransferConfig(backend=INPROC_BACKEND)
-        kw.update(llm_kwargs)
-        self.llm = LLM(**kw)
+        self.llm = LLM(**self._engine_kwargs(dtype=dtype, enforce_eager=enforce_eager, seed=seed,
+                                             enable_prefix_caching=enable_prefix_caching,
+                                             gpu_memory_utilization=gpu_memory_utilization,
+                                             max_model_len=max_model_len, block_size=block_size, **llm_kwargs))
         self.max_model_len = int(self.llm.llm_engine.model_config.max_model_len)
         if weight_transfer == "native":
             self._worker().init_weight_transfer_engine({})
         self.startup_seconds = time.perf_counter() - t0
         self.sleep_level = 0
+
+    def _engine_kwargs(self, *, max_model_len, block_size, **kw) -> dict:
+        """vllm.LLM arguments: processed logprobs, sleep mode on GPU, the in-process weight-transfer
+        backend for the "native" path; None-valued max_model_len / block_size are left to vLLM."""
+        kw.update(model=str(self.model_path), logprobs_mode="processed_logprobs")
+        if max_model_len is not None:
+            kw["max_model_len"] = max_model_len
+        if block_size is not None:
+            kw["block_size"] = block_size
+        if self.on_gpu:
+            kw.setdefault("enable_sleep_mode", True)
+        if self.weight_transfer == "native":
+            _register_inproc_backend()
+            from vllm.config import WeightTransferConfig
+            kw["weight_transfer_config"] = WeightTransferConfig(backend=INPROC_BACKEND)
+        return kw
 
     def close(self) -> None:
         """Shuts the engine down and frees it (another VLLMSampler may then start in this process);
@@ -220,7 +236,11 @@ class VLLMSampler:
         return SamplingParams(n=n or sampling.n, max_tokens=sampling.max_tokens, temperature=float(sampling.temperature),
                               top_p=float(sampling.top_p), top_k=0 if sampling.top_k == -1 else sampling.top_k,
                               stop=list(sampling.stop) or None, logprobs=0 if sampling.logprobs else None,
-                              skip_special_tokens=True)
+                              skip_special_tokens=True, flat_logprobs=True,
+                              # vLLM's per-step detokenization (of the text and of every logprob's token)
+                              # is its largest CPU cost on small models; only stop strings need it, and
+                              # the texts are decoded once at the end otherwise
+                              detokenize=bool(sampling.stop))
 
     def generate(self, prompts: Sequence[Prompt], sampling: SamplingConfig) -> Rollout:
         """B = len(prompts) * sampling.n completions, prompt-major. Token ids are everything the engine
@@ -249,9 +269,11 @@ class VLLMSampler:
                 prompt_ids.append(ids[i])
                 seqs.append(toks)
                 reasons.append(c.finish_reason)
-                texts.append(c.text)
+                texts.append(c.text if sampling.stop else None)
                 if sampling.logprobs:
-                    logps.append([d[t].logprob for d, t in zip(c.logprobs, toks)])
+                    logps.append(_chosen_logprobs(c.logprobs, toks, i))
+        if not sampling.stop:
+            texts = self.tokenizer.batch_decode(seqs, skip_special_tokens=True)
         comp, mask, lp = pad_completions(seqs, logps if sampling.logprobs else None, self.pad_id)
         n_comp = sum(len(s) for s in seqs)
         meta = dict(engine="vllm", seconds=seconds, prompts=len(ids), prompt_tokens=sum(len(p) for p in ids),
