@@ -73,3 +73,13 @@ def test_bad_files(tmp_path):
         resolve_config(files=[lst])
     with pytest.raises(ValueError, match="unknown preset"):
         resolve_config("nope")
+
+
+def test_help_lists_every_option_with_its_default(capsys):
+    from grpo.cli import main
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    for line in ("loss.beta = 0.0", "train.steps = 20", "sampling.group_size = 8", "rewards.on_error = 'raise'",
+                 "--resume", "--profile"):
+        assert line in out, line

@@ -111,3 +111,19 @@ def test_bf16_autocast_head_gives_fp32_master_gradients(model):
                                    num_sequences=None, packed=False)
     out32.loss.backward()
     assert abs(float(out.loss) - float(out32.loss)) < 0.05 * max(1.0, abs(float(out32.loss)))
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(model, tmp_path):
+    folder = tmp_path / "m"
+    model.save_pretrained(folder)
+    ckpt = load_policy(folder, gradient_checkpointing=True)
+    batch = _batch(model, seed=5)
+    grads = []
+    for m in (model, ckpt):
+        m.zero_grad()
+        out, _ = loss_on_micro_batch(m, batch, list(range(batch.size)), config=ops.LossConfig(), num_tokens=None,
+                                     num_sequences=None, packed=False)
+        out.loss.backward()
+        grads.append(_grads(m))
+    for n in grads[0]:
+        torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-4, atol=1e-6)
