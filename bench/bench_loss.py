@@ -9,8 +9,13 @@ Providers: `cpu` / `cuda` / `triton` = grpo.ops with backend=...; `torch` = grpo
 (the eager reference); `compile` = torch.compile(grpo.ops.grpo_loss_ref / token_logprobs_ref); `liger` =
 Liger-Kernel's Triton GRPO loss (liger_kernel.transformers.grpo_loss.triton_grpo_loss, grpo_loss only, CUDA
 only, when liger_kernel is installed; it takes (B, T + 1, V) logits, so it gets its own padded copy made
-outside the timing, and runs with inplace=False like every other provider). On CUDA the default providers
-are cuda, triton (when grpo.kernels is available), liger (when installed), torch, compile. Shapes are
+outside the timing, and runs with inplace=False like every other provider); `trl` = TRL's
+trl.trainer.utils.selective_log_softmax (token_logprobs) and selective_log_softmax + entropy_from_logits
+(token_logprobs_entropy), when trl is installed (TRL has no standalone GRPO loss function). The op
+token_logprobs_entropy is token_logprobs(..., with_entropy=True): logp and entropy stacked into one (2, B, T)
+float32 tensor so that every provider is checked the same way. On CUDA the default providers
+are cuda, triton (when grpo.kernels is available), liger (when installed), trl (when installed), torch,
+compile; on CPU cpu, trl (when installed), torch, compile. Shapes are
 N x V with N = B sequences x T = 256 tokens. Each case draws one batch, checks every provider against the
 first (that call also warms it up and compiles), then times interleaved rounds and reports p20/p50/p80.
 Rows are appended to bench/results/bench_loss.csv.
@@ -26,10 +31,11 @@ import torch  # noqa: E402
 from grpo import ops  # noqa: E402
 from grpo.ops import LossConfig, grpo_loss_ref, token_logprobs_ref  # noqa: E402
 
-OPS = ("grpo_loss", "token_logprobs")
+OPS = ("grpo_loss", "token_logprobs", "token_logprobs_entropy")
+DEFAULT_OPS = ("grpo_loss", "token_logprobs")  # what a plain run times (the entropy op on request)
 OURS = ("cpu", "cuda", "triton")  # grpo.ops backends; the first one present is the ratios' base
 BACKEND_OF = {"cpu": "cpu", "cuda": "cuda", "triton": "triton", "torch": "torch", "compile": "inductor",
-              "liger": "liger-triton"}
+              "liger": "liger-triton", "trl": "trl"}
 FULL_SHAPES = {"cpu": [(4096, 32000), (1024, 151936)], "cuda": [(16384, 151936), (4096, 32000)]}
 QUICK_SHAPES = {"cpu": [(512, 32000)], "cuda": [(4096, 32000)]}
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
@@ -54,6 +60,8 @@ def bytes_moved(op: str, B: int, T: int, V: int, dtype) -> int:
     N, e = B * T, torch.finfo(dtype).bits // 8
     if op == "grpo_loss":
         return 2 * N * V * e + N * (8 + 1 + 4) + 4 * B
+    if op == "token_logprobs_entropy":  # + entropy fp32 written (4 N)
+        return N * V * e + N * (8 + 4 + 4)
     return N * V * e + N * (8 + 4)
 
 
@@ -90,6 +98,15 @@ def liger_grpo_loss():
     return triton_grpo_loss
 
 
+def trl_logprob_fns():
+    """(selective_log_softmax, entropy_from_logits) from trl.trainer.utils, or None when TRL is absent."""
+    try:
+        from trl.trainer.utils import entropy_from_logits, selective_log_softmax
+    except Exception:  # noqa: BLE001 -- not installed, or an install that does not import here
+        return None
+    return selective_log_softmax, entropy_from_logits
+
+
 class LigerLoss:
     """f(logits) for Liger's triton_grpo_loss with our default LossConfig (token_mean = Liger's "bnpo":
     sum(mask * loss) / sum(mask), eps 0.2 / 0.2, beta 0, T = 1). Liger drops the last position of its
@@ -124,6 +141,21 @@ def make_fns(op: str, names: list, batch: dict) -> dict:
         if name == "liger":
             if op == "grpo_loss":  # Liger has no selective-logprob op with this API: grpo_loss only
                 fns[name] = LigerLoss(liger_grpo_loss(), batch)
+            continue
+        if name == "trl":
+            sls, efl = trl_logprob_fns()
+            if op == "token_logprobs":
+                fns[name] = lambda x: sls(x, t)
+            elif op == "token_logprobs_entropy":
+                fns[name] = lambda x: torch.stack((sls(x, t).float(), efl(x).float()))
+            continue
+        if op == "token_logprobs_entropy":
+            if name == "compile":
+                ref = torch.compile(token_logprobs_ref, dynamic=False)
+                fns[name] = lambda x, f=ref: torch.stack(f(x, t, with_entropy=True))
+            else:
+                fns[name] = lambda x, b=BACKEND_OF[name]: torch.stack(ops.token_logprobs(x, t, with_entropy=True,
+                                                                                         backend=b))
             continue
         if op == "grpo_loss":
             if name == "compile":
@@ -307,8 +339,9 @@ def parse_args(argv=None):
     p.add_argument("--shapes", default=None, help="comma-separated NxV, e.g. 4096x32000,1024x151936")
     p.add_argument("--dtypes", default="fp32,bf16", help="comma-separated: fp32, bf16, fp16")
     p.add_argument("--providers", default=None,
-                   help="comma-separated from cpu, cuda, triton, torch, compile (default: ours, torch, compile)")
-    p.add_argument("--ops", default=",".join(OPS), help="comma-separated from " + ", ".join(OPS))
+                   help="comma-separated from cpu, cuda, triton, liger, trl, torch, compile (default: ours, the "
+                        "installed peers, torch, compile)")
+    p.add_argument("--ops", default=",".join(DEFAULT_OPS), help="comma-separated from " + ", ".join(OPS))
     p.add_argument("--reps", type=int, default=None, help="timed rounds per provider (default 15, quick 5)")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls per provider (the first one checks)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -322,12 +355,15 @@ def parse_args(argv=None):
     dev = torch.device(a.device).type
     ours = ["cpu"] if dev == "cpu" else ["cuda"] + (["triton"] if ops._backend.triton_available() else [])
     peers = ["liger"] if dev == "cuda" and liger_grpo_loss() is not None else []
+    peers += ["trl"] if trl_logprob_fns() is not None else []
     a.providers = a.providers.split(",") if a.providers else ours + peers + ["torch", "compile"]
     for name in a.providers:
         if name not in BACKEND_OF:
             p.error(f"--providers: unknown {name!r}; expected some of {', '.join(BACKEND_OF)}")
     if "liger" in a.providers and (dev != "cuda" or liger_grpo_loss() is None):
         p.error("--providers: liger needs a CUDA device and the liger_kernel package (its GRPO loss is Triton)")
+    if "trl" in a.providers and trl_logprob_fns() is None:
+        p.error("--providers: trl needs the trl package (pip install trl torch==<this torch>)")
     a.ops = a.ops.split(",")
     if any(o not in OPS for o in a.ops):
         p.error(f"--ops: expected some of {', '.join(OPS)}, got {a.ops}")

@@ -1,10 +1,12 @@
-"""The `grpo` command: train, eval, plot.
+"""The `grpo` command: train, eval, plot, profile, bench.
 
     grpo train                               # the embedded default (SmolLM2-135M-Instruct), no arguments
     grpo train --preset tiny train.steps=5   # a preset plus key=value overrides
     grpo train --config run.yaml --resume runs/default
     grpo eval --checkpoint runs/default/checkpoints/step-000016
     grpo plot runs/default
+    grpo profile --preset tiny --steps 2     # torch.profiler trace + top kernels (grpo/profiling.py)
+    grpo bench --quick                       # the benchmark suites: python -m bench (bench/README.md)
 """
 from __future__ import annotations
 
@@ -43,6 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--limit", type=int, default=None, help="evaluate on the first N held-out examples")
     pl = sub.add_parser("plot", help="PNG curves of a run's metrics")
     pl.add_argument("run_dir")
+    pf = sub.add_parser("profile", help="torch.profiler trace (Chrome/Perfetto JSON) of N steps, top kernels",
+                        epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_config_args(pf)
+    pf.add_argument("--steps", type=int, default=2, help="profiled steps (default 2)")
+    pf.add_argument("--warmup", type=int, default=1, help="unprofiled steps first (default 1)")
+    pf.add_argument("--out", default=None, help="output folder (default runs/profile-<preset>)")
+    pf.add_argument("--rows", type=int, default=25, help="rows of the top-kernels table")
+    # `grpo bench ARGS` is handed to `python -m bench ARGS` unparsed (see main); listed here for --help
+    sub.add_parser("bench", help="benchmark suites (runs `python -m bench` in the repository; --help there)",
+                   add_help=False)
     return ap
 
 
@@ -137,10 +149,46 @@ def cmd_plot(args) -> int:
     return 0
 
 
+def cmd_profile(args) -> int:
+    """`grpo profile`: W warm-up + N profiled steps, the trace and tables in --out (grpo/profiling.py)."""
+    from .profiling import format_report, run_profile
+
+    if args.steps < 1 or args.warmup < 0:
+        raise ConfigError(f"--steps must be >= 1 and --warmup >= 0, got {args.steps} and {args.warmup}")
+    cfg = resolve_config(args.preset, files=args.config,
+                         overrides=list(args.overrides) + [f"train.steps={args.warmup + args.steps}"])
+    out = Path(args.out or f"runs/profile-{cfg.preset}")
+    print(f"== grpo profile: preset {cfg.preset}, {args.warmup} warm-up + {args.steps} profiled step(s) -> {out}",
+          flush=True)
+    res = run_profile(cfg, out, steps=args.steps, warmup=args.warmup, row_limit=args.rows)
+    print(res["table"])
+    print(format_report(res))
+    print(f"== trace {res['trace']} (open in https://ui.perfetto.dev); tables {out}/top_kernels.txt, "
+          f"top_kernels.json, phases.json; step metrics {out}/metrics.jsonl")
+    return 0
+
+
+def cmd_bench(rest: list) -> int:
+    """`grpo bench ...` = `python -m bench ...` in the repository root. grpo/ never imports bench/ (it is
+    not part of the package), so this runs it as a separate process."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "bench" / "__main__.py").exists():
+        print(f"grpo bench: no bench/ folder next to the grpo package (looked in {root}); the benchmarks live in "
+              f"the repository, not in the installed package: run `grpo bench` from an editable install of a "
+              f"checkout (pip install -e .), or `python -m bench` in the checkout", file=sys.stderr)
+        return 2
+    return subprocess.call([sys.executable, "-m", "bench", *rest], cwd=str(root))
+
+
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # every argument belongs to python -m bench, --help included
+        return cmd_bench(argv[1:])
     args = build_parser().parse_args(argv)
     try:
-        return {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot}[args.cmd](args)
+        return {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot, "profile": cmd_profile}[args.cmd](args)
     except ConfigError as e:
         print(f"grpo: config error: {e}", file=sys.stderr)
         return 2
