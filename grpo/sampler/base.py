@@ -91,6 +91,22 @@ def encode_prompts(tokenizer, prompts: Sequence[Prompt], *, chat_template: bool 
     return out
 
 
+
+def encode_checked(tokenizer, prompts, *, chat_template: bool, max_model_len: int, vocab_size=None) -> list[list[int]]:
+    """encode_prompts, each prompt checked to fit: at most max_model_len - 1 tokens (the sampler must
+    generate at least one) and, when vocab_size is given, ids inside the vocabulary. Errors name the prompt."""
+    if isinstance(prompts, (str, dict)) or not isinstance(prompts, Sequence):
+        raise TypeError(f"prompts: expected a list of prompts, got {type(prompts).__name__}")
+    ids = encode_prompts(tokenizer, prompts, chat_template=chat_template)
+    for i, p in enumerate(ids):
+        if len(p) > max_model_len - 1:
+            raise ValueError(f"prompts[{i}]: {len(p)} tokens, but this sampler's max_model_len is "
+                             f"{max_model_len}, so a prompt may have at most {max_model_len - 1}")
+        bad = [t for t in p if vocab_size is not None and not 0 <= t < vocab_size]
+        if bad:
+            raise ValueError(f"prompts[{i}]: token id {bad[0]} is outside the model's vocabulary (size {vocab_size})")
+    return ids
+
 def _apply_template(tokenizer, messages) -> list[int]:
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
     if isinstance(ids, dict) or hasattr(ids, "input_ids"):  # newer transformers return a BatchEncoding
@@ -114,6 +130,21 @@ def pad_completions(seqs: Sequence[Sequence[int]], logps: Optional[Sequence[Sequ
                 lp[i, : len(s)] = torch.as_tensor(list(logps[i]), dtype=torch.float32)
     return ids, mask, lp
 
+
+
+def make_rollout(engine: str, prompt_ids: list, prompt_rows: list, seqs, logps, reasons, texts, n: int, pad_id: int,
+                 seconds: float) -> Rollout:
+    """The Rollout of P = len(prompt_ids) prompts' n completions each (rows prompt-major): pads the
+    completions and records the timings. prompt_rows (B,) are each row's prompt ids; logps None when
+    logprobs were not asked for."""
+    comp, mask, lp = pad_completions(seqs, logps, pad_id)
+    n_comp = sum(len(x) for x in seqs)
+    meta = dict(engine=engine, seconds=seconds, prompts=len(prompt_ids),
+                prompt_tokens=sum(len(p) for p in prompt_ids), completion_tokens=n_comp,
+                tokens_per_s=n_comp / max(seconds, 1e-9), logprobs_mode="processed_logprobs")
+    return Rollout(prompt_ids=prompt_rows, completion_ids=comp, completion_mask=mask, sampling_logp=lp,
+                   finish_reasons=reasons, group_index=torch.arange(len(prompt_ids)).repeat_interleave(n),
+                   texts=texts, n=n, pad_id=pad_id, meta=meta)
 
 class Sampler(Protocol):
     """What the engine needs from a sampler."""

@@ -17,8 +17,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from .base import (NamedTensors, Prompt, Rollout, SamplingConfig, check_weights, encode_prompts,
-                   hf_token_logprobs, named_tensors_of, pad_completions, probe_ids, weight_buckets)
+from .base import (NamedTensors, Prompt, Rollout, SamplingConfig, check_weights, encode_checked, make_rollout,
+                   hf_token_logprobs, named_tensors_of, probe_ids, weight_buckets)
 
 
 def mask_top_k_top_p(z: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
@@ -83,14 +83,8 @@ class TorchSampler:
     # --- generation -----------------------------------------------------------------------------------
     def encode(self, prompts: Sequence[Prompt]) -> list[list[int]]:
         """Prompt token ids (chat template applied), each at most max_model_len - 1 tokens."""
-        if isinstance(prompts, (str, dict)) or not isinstance(prompts, Sequence):
-            raise TypeError(f"prompts: expected a list of prompts, got {type(prompts).__name__}")
-        ids = encode_prompts(self.tokenizer, prompts, chat_template=self.chat_template)
-        for i, p in enumerate(ids):
-            if len(p) > self.max_model_len - 1:
-                raise ValueError(f"prompts[{i}]: {len(p)} tokens, but this sampler's max_model_len is "
-                                 f"{self.max_model_len}, so a prompt may have at most {self.max_model_len - 1}")
-        return ids
+        return encode_checked(self.tokenizer, prompts, chat_template=self.chat_template,
+                              max_model_len=self.max_model_len)
 
     def generate(self, prompts: Sequence[Prompt], sampling: SamplingConfig) -> Rollout:
         """B = len(prompts) * sampling.n completions, prompt-major (see VLLMSampler.generate for what the
@@ -112,14 +106,8 @@ class TorchSampler:
         finally:
             self.model.train(was_training)
         seconds = time.perf_counter() - t0
-        comp, mask, lp = pad_completions(seqs, logps if sampling.logprobs else None, self.pad_id)
-        n_comp = sum(len(x) for x in seqs)
-        meta = dict(engine="torch", seconds=seconds, prompts=len(ids), prompt_tokens=sum(len(p) for p in ids),
-                    completion_tokens=n_comp, tokens_per_s=n_comp / max(seconds, 1e-9),
-                    logprobs_mode="processed_logprobs")
-        return Rollout(prompt_ids=rows, completion_ids=comp, completion_mask=mask, sampling_logp=lp,
-                       finish_reasons=reasons, group_index=torch.arange(len(ids)).repeat_interleave(sampling.n),
-                       texts=texts, n=sampling.n, pad_id=self.pad_id, meta=meta)
+        return make_rollout("torch", ids, rows, seqs, logps if sampling.logprobs else None, reasons, texts,
+                            sampling.n, self.pad_id, seconds)
 
     def _pick(self, logits: torch.Tensor, sampling: SamplingConfig):
         """(R, V) fp32 last-position logits -> (R,) chosen ids, (R,) their processed logprobs."""

@@ -30,8 +30,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from .base import (NamedTensors, Prompt, Rollout, SamplingConfig, check_weights, encode_prompts,
-                   hf_token_logprobs, named_tensors_of, pad_completions, probe_ids, weight_buckets)
+from .base import (NamedTensors, Prompt, Rollout, SamplingConfig, check_weights, encode_checked, make_rollout,
+                   hf_token_logprobs, named_tensors_of, probe_ids, weight_buckets)
 
 INPROC_BACKEND = "grpo_inproc"
 
@@ -216,18 +216,8 @@ class VLLMSampler:
     def encode(self, prompts: Sequence[Prompt]) -> list[list[int]]:
         """Prompt token ids (chat template applied), each checked to fit: a prompt needs at most
         max_model_len - 1 tokens (vLLM must generate at least one)."""
-        if isinstance(prompts, (str, dict)) or not isinstance(prompts, Sequence):
-            raise TypeError(f"prompts: expected a list of prompts, got {type(prompts).__name__}")
-        ids = encode_prompts(self.tokenizer, prompts, chat_template=self.chat_template)
-        for i, p in enumerate(ids):
-            if len(p) > self.max_model_len - 1:
-                raise ValueError(f"prompts[{i}]: {len(p)} tokens, but this sampler's max_model_len is "
-                                 f"{self.max_model_len}, so a prompt may have at most {self.max_model_len - 1}")
-            bad = [t for t in p if not 0 <= t < self.vocab_size]
-            if bad:
-                raise ValueError(f"prompts[{i}]: token id {bad[0]} is outside the model's vocabulary "
-                                 f"(size {self.vocab_size})")
-        return ids
+        return encode_checked(self.tokenizer, prompts, chat_template=self.chat_template,
+                              max_model_len=self.max_model_len, vocab_size=self.vocab_size)
 
     def sampling_params(self, sampling: SamplingConfig, n: Optional[int] = None):
         """vLLM SamplingParams for `sampling` (n overridden by `n`; never a per-request seed: vLLM on CPU
@@ -274,14 +264,8 @@ class VLLMSampler:
                     logps.append(_chosen_logprobs(c.logprobs, toks, i))
         if not sampling.stop:
             texts = self.tokenizer.batch_decode(seqs, skip_special_tokens=True)
-        comp, mask, lp = pad_completions(seqs, logps if sampling.logprobs else None, self.pad_id)
-        n_comp = sum(len(s) for s in seqs)
-        meta = dict(engine="vllm", seconds=seconds, prompts=len(ids), prompt_tokens=sum(len(p) for p in ids),
-                    completion_tokens=n_comp, tokens_per_s=n_comp / max(seconds, 1e-9),
-                    logprobs_mode="processed_logprobs")
-        return Rollout(prompt_ids=prompt_ids, completion_ids=comp, completion_mask=mask, sampling_logp=lp,
-                       finish_reasons=reasons, group_index=torch.arange(len(ids)).repeat_interleave(sampling.n),
-                       texts=texts, n=sampling.n, pad_id=self.pad_id, meta=meta)
+        return make_rollout("vllm", ids, prompt_ids, seqs, logps if sampling.logprobs else None, reasons, texts,
+                            sampling.n, self.pad_id, seconds)
 
     def score(self, ids: Sequence[int]) -> torch.Tensor:
         """(len(ids) - 1,) float32 log p(ids[t] | ids[:t]) under the engine (vLLM prompt logprobs, which no
