@@ -51,7 +51,7 @@ def run_steps(preset: str, overrides: list, steps: int, warmup: int, log=print) 
 
     cfg = resolve_config(preset, overrides=list(overrides) + [f"train.steps={warmup + steps}"])
     t0 = time.perf_counter()
-    engine = GRPOEngine(cfg, run_dir=None, log=lambda *a, **k: None)
+    engine = GRPOEngine(cfg, run_dir=None)
     startup = time.perf_counter() - t0
     log(f"== step suite: preset {cfg.preset}, model {engine.model_path.name}, start-up {startup:.1f} s; "
         f"{warmup} warm-up step(s) then {steps} measured")

@@ -42,15 +42,6 @@ class Gate:
             os._exit(0)
 
 
-def peak_rss_gb() -> float:
-    """The process's resident high-water mark (VmHWM) in GB."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024 / 1e9
-    return float("nan")
-
-
 def begin_step():
     """Resets the RSS high-water mark and starts the step's clocks: (t0, load meter)."""
     from bench.bench_step import reset_peak_rss
@@ -61,10 +52,9 @@ def begin_step():
 
 
 def step_peak_gb() -> float:
-    """Peak memory of the step just run: CUDA allocated on GPU, resident set on CPU."""
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 1e9
-    return peak_rss_gb()
+    """Peak memory of the step just run: CUDA allocated on GPU, resident high-water mark on CPU."""
+    from grpo.metrics import peak_memory_bytes
+    return peak_memory_bytes(torch.device("cuda" if torch.cuda.is_available() else "cpu")) / 1e9
 
 
 class FixedStream:
@@ -87,7 +77,7 @@ def child_grpo(spec: dict, gate: Gate) -> None:
     from grpo.engine import GRPOEngine
 
     cfg = resolve_config(spec["preset"], overrides=spec["overrides"])
-    engine = GRPOEngine(cfg, run_dir=None, log=lambda *a, **k: None)
+    engine = GRPOEngine(cfg, run_dir=None)
     engine.stream = FixedStream([Example(**ex) for ex in spec["examples"]])
     versions = ""
     if cfg.sampler.backend == "vllm":

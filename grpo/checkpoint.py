@@ -107,9 +107,9 @@ def latest_checkpoint(run_dir) -> Optional[Path]:
     return ckpts[-1] if ckpts else None
 
 
-def load_checkpoint(path, *, model, optimizer, scheduler) -> dict:
-    """Restores model, optimizer, scheduler and RNG states in place; returns the saved `extra` dict
-    (step, data cursor, ...)."""
+def load_model_weights(path, model) -> None:
+    """The checkpoint's model.safetensors into `model` in place; every key must match (a tied lm_head,
+    saved once as the embedding, excepted)."""
     from safetensors.torch import load_file
 
     path = Path(path)
@@ -119,6 +119,13 @@ def load_checkpoint(path, *, model, optimizer, scheduler) -> dict:
     tied = {n for n in missing if n.endswith("lm_head.weight") and tie}
     if set(missing) - tied or unexpected:
         raise ValueError(f"checkpoint {path}: missing {sorted(set(missing) - tied)[:5]}, unexpected {unexpected[:5]}")
+
+
+def load_checkpoint(path, *, model, optimizer, scheduler) -> dict:
+    """Restores model, optimizer, scheduler and RNG states in place; returns the saved `extra` dict
+    (step, data cursor, ...)."""
+    path = Path(path)
+    load_model_weights(path, model)
     state = torch.load(path / "state.pt", weights_only=False)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])

@@ -133,9 +133,8 @@ def cmd_eval(args) -> int:
     cfg = resolve_config(args.preset, files=args.config, overrides=args.overrides)
     engine = GRPOEngine(cfg)
     if args.checkpoint:
-        from safetensors.torch import load_file
-        weights = load_file(str(Path(args.checkpoint) / "model.safetensors"))
-        engine.policy.load_state_dict(weights, strict=False)
+        from .checkpoint import load_model_weights
+        load_model_weights(args.checkpoint, engine.policy)
         engine.sampler_is_current = False
     m = engine.evaluate(limit=args.limit)
     print(json.dumps(m, indent=2))

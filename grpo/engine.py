@@ -25,10 +25,10 @@ import torch
 
 from . import checkpoint, data as data_mod, ops, rewards as rewards_mod
 from .builders import build_data, build_optimizer, build_sampler, correctness_reward, resolve_model_path
-from .config import Config, dump_yaml
+from .config import Config
 from .metrics import MetricsLogger, PhaseTimer, peak_memory_bytes
 from .policy import Batch, load_policy, logprob_pass, loss_on_micro_batch, micro_batches
-from .sampler.base import Rollout, SamplingConfig
+from .sampler.base import Rollout, SamplingConfig, make_rollout
 
 
 @dataclass
@@ -39,8 +39,8 @@ class Scores:
 
 
 class GRPOEngine:
-    def __init__(self, cfg: Config, *, run_dir: Optional[Path] = None, sampler=None, log=print):
-        self.cfg, self.log = cfg, log
+    def __init__(self, cfg: Config, *, run_dir: Optional[Path] = None, sampler=None):
+        self.cfg = cfg
         self.run_dir = Path(run_dir) if run_dir else None
         self.device = torch.device("cuda" if cfg.train.device == "auto" and torch.cuda.is_available()
                                    else ("cpu" if cfg.train.device == "auto" else cfg.train.device))
@@ -94,9 +94,10 @@ class GRPOEngine:
                 self.sampler.sleep()
         return out, examples
 
-    def score(self, rollout: Rollout, examples) -> Scores:
-        """Every reward function on every completion; fields of each example go to the functions as
-        per-sample keyword lists (TRL's convention), with completion lengths and the length cap."""
+    def score(self, rollout: Rollout, examples, specs=None) -> Scores:
+        """Every reward function (the configured ones, or `specs`) on every completion; fields of each
+        example go to the functions as per-sample keyword lists (TRL's convention), with completion lengths
+        and the length cap."""
         n = rollout.n
         with self.timer("reward"):
             prompts = [ex.prompt for ex in examples for _ in range(n)]
@@ -105,7 +106,7 @@ class GRPOEngine:
                       "max_completion_length": self.cfg.sampling.max_tokens}
             for key in sorted({k for ex in examples for k in ex.fields}):
                 fields[key] = [ex.fields.get(key) for ex in examples for _ in range(n)]
-            res = rewards_mod.score(self.reward_specs, prompts, rollout.texts, fields, on_error=self.cfg.rewards.on_error)
+            res = rewards_mod.score(self.reward_specs if specs is None else specs, prompts, rollout.texts, fields, on_error=self.cfg.rewards.on_error)
         per = {k: torch.tensor(v, dtype=torch.float32) for k, v in res.per_function.items()}
         return Scores(torch.tensor(res.total, dtype=torch.float32), per, dict(res.errors))
 
@@ -119,11 +120,10 @@ class GRPOEngine:
         """The training batch on the device; old logprobs (mu > 1) and reference logprobs (beta > 0) come
         from no-grad fused passes."""
         dev = self.device
+        samp = rollout.sampling_logp if self.loss_config.is_mode is not None else None  # only IS reads them
         batch = Batch(prompt_ids=rollout.prompt_ids, completion_ids=rollout.completion_ids.to(dev),
                       mask=rollout.completion_mask.to(dev), advantages=adv.to(dev),
-                      sampling_logp=rollout.sampling_logp.to(dev) if rollout.sampling_logp is not None else None)
-        if self.loss_config.is_mode is None:
-            batch.sampling_logp = None
+                      sampling_logp=samp.to(dev) if samp is not None else None)
         kw = dict(temperature=self.loss_config.temperature, budget=self.cfg.train.token_budget, packed=self.packed,
                   backend=self.cfg.train.backend, chunk_tokens=self.cfg.train.chunk_tokens, autocast=self.autocast)
         if self.cfg.train.updates_per_rollout > 1:  # mu == 1 is on-policy: old = logp.detach() in the loss
@@ -234,17 +234,13 @@ class GRPOEngine:
             self.sync_weights()
         self.sampler.wake()
         rollout = self.sampler.generate([ex.prompt for ex in examples], self.sampling_config(eval_mode=True))
+        acc_name = correctness_reward(self.cfg.data.task)
         specs = list(self.reward_specs)
         names = {s.name for s in specs}
-        for extra in (correctness_reward(self.cfg.data.task), "format_strict", "format_soft"):
+        for extra in (acc_name, "format_strict", "format_soft"):
             if extra not in names:
                 specs.append(rewards_mod.RewardSpec(extra, 0.0, {}))
-        saved, self.reward_specs = self.reward_specs, specs
-        try:
-            scores = self.score(rollout, examples)
-        finally:
-            self.reward_specs = saved
-        acc_name = correctness_reward(self.cfg.data.task)
+        scores = self.score(rollout, examples, specs)
         self._write_eval_samples(rollout, examples, scores)
         out = {f"reward/{k}": float(v.mean()) for k, v in scores.per_function.items()}
         out.update({"accuracy": float(scores.per_function[acc_name].mean()),
@@ -295,9 +291,6 @@ class GRPOEngine:
             if self.run_dir and self.cfg.log.checkpoint_every and self.step % self.cfg.log.checkpoint_every == 0:
                 self.save()
         return history
-
-    def describe(self) -> str:
-        return dump_yaml(self.cfg)
 
 
 # --- helpers ------------------------------------------------------------------------------------------
@@ -365,9 +358,8 @@ def _keep_groups(parts, G: int, P: int):
 
 
 def _concat_rollouts(pieces, G: int) -> Rollout:
-    """Rows of several rollouts as one prompt-major Rollout (completions re-padded to the longest)."""
-    from .sampler.base import pad_completions
-
+    """Rows of several rollouts as one prompt-major Rollout (completions re-padded to the longest).
+    meta["completion_tokens"] counts every token the sampler generated, the dropped groups' included."""
     prompt_ids, seqs, logps, reasons, texts = [], [], [], [], []
     has_lp = all(r.sampling_logp is not None for r, _ in pieces) if pieces else False
     for r, rows in pieces:
@@ -378,11 +370,12 @@ def _concat_rollouts(pieces, G: int) -> Rollout:
             logps.append(r.sampling_logp[i, :n].tolist() if has_lp else None)
             reasons.append(r.finish_reasons[i])
             texts.append(r.texts[i])
-    pad_id = pieces[0][0].pad_id if pieces else 0
-    ids, mask, lp = pad_completions(seqs, logps if has_lp else None, pad_id)
-    group = torch.arange(len(seqs), dtype=torch.int64) // G
-    tokens = sum(int(r.meta.get("completion_tokens", r.num_completion_tokens)) for r in {id(r): r for r, _ in pieces}.values())
-    return Rollout(prompt_ids, ids, mask, lp, reasons, group, texts, G, pad_id, {"completion_tokens": tokens})
+    sources = list({id(r): r for r, _ in pieces}.values())
+    pad_id = sources[0].pad_id if sources else 0
+    out = make_rollout("concat", prompt_ids[::G], prompt_ids, seqs, logps if has_lp else None, reasons, texts, G,
+                       pad_id, sum(float(r.meta.get("seconds", 0.0)) for r in sources))
+    out.meta["completion_tokens"] = sum(int(r.meta.get("completion_tokens", r.num_completion_tokens)) for r in sources)
+    return out
 
 
 def step_metrics(rollout: Rollout, scores: Scores, phases: dict, step_seconds: float, device) -> dict:

@@ -11,6 +11,7 @@ costs (sum L)^2, so `packing="auto"` packs only under flash_attention_2.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Optional
 
@@ -162,20 +163,25 @@ def logprob_pass(model, batch: Batch, *, temperature: float, budget: int, packed
     was_training = model.training
     model.eval()
     out = torch.zeros(batch.completion_ids.shape, dtype=torch.float32, device=batch.completion_ids.device)
-    weight, bias = lm_head_of(model)
     try:
         for idx in micro_batches(batch.lengths(), budget, packed):
-            T = _trim(batch.mask[idx])
-            ids, m = batch.completion_ids[idx, :T], batch.mask[idx, :T]
-            with _autocast(autocast):
-                h = completion_hidden(model, [batch.prompt_ids[i] for i in idx], ids, m, packed=packed)
-            h, w, b = _head_dtype(h, weight, bias, autocast)
+            T, ids, m, h, w, b = _micro_batch_head_inputs(model, batch, idx, packed, autocast)
             lp = ops.fused_linear_logprobs(h, w, ids.to(h.device), temperature=temperature, bias=b,
                                            chunk_tokens=chunk_tokens, backend=backend)
             out[idx, :T] = torch.where(m, lp.to(out.device), 0.0)
     finally:
         model.train(was_training)
     return out
+
+
+def _micro_batch_head_inputs(model, batch: Batch, idx: list[int], packed: bool, autocast):
+    """What the lm_head ops take for micro-batch `idx`: (T, completion ids (b, T), mask (b, T), hidden
+    (b, T, H), weight (V, H), bias), trimmed to its longest completion, in the head's dtype."""
+    T = _trim(batch.mask[idx])
+    ids, m = batch.completion_ids[idx, :T], batch.mask[idx, :T]
+    with _autocast(autocast):
+        h = completion_hidden(model, [batch.prompt_ids[i] for i in idx], ids, m, packed=packed)
+    return (T, ids, m) + _head_dtype(h, *lm_head_of(model), autocast)
 
 
 def _head_dtype(h, weight, bias, autocast):
@@ -189,7 +195,6 @@ def _head_dtype(h, weight, bias, autocast):
 
 def _autocast(device_type):
     if device_type is None:
-        import contextlib
         return contextlib.nullcontext()
     return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
 
@@ -199,11 +204,7 @@ def loss_on_micro_batch(model, batch: Batch, idx: list[int], *, config: ops.Loss
     """The fused linear + GRPO loss of one micro-batch (differentiable in the model), normalised by the
     global counts so that summing the micro-batches' gradients gives the whole batch's gradient.
     Returns (LossOutput, tokens in this micro-batch)."""
-    T = _trim(batch.mask[idx])
-    ids, m = batch.completion_ids[idx, :T], batch.mask[idx, :T]
-    with _autocast(autocast):
-        h = completion_hidden(model, [batch.prompt_ids[i] for i in idx], ids, m, packed=packed)
-    h, weight, bias = _head_dtype(h, *lm_head_of(model), autocast)
+    T, ids, m, h, weight, bias = _micro_batch_head_inputs(model, batch, idx, packed, autocast)
     out = ops.fused_linear_grpo_loss(
         h, weight, ids.to(h.device), m.to(h.device), batch.advantages[idx].to(h.device),
         old_logp=_select(batch.old_logp, idx, T), ref_logp=_select(batch.ref_logp, idx, T),

@@ -95,7 +95,7 @@ def profile_steps(engine, steps: int, trace_path, logger=None, *, warmup: int = 
     return dict(trace=str(trace_path), table=table, top=top, phases=phases, metrics=profiled)
 
 
-def run_profile(cfg, out_dir, *, steps: int = 2, warmup: int = 1, row_limit: int = 25, log=print) -> dict:
+def run_profile(cfg, out_dir, *, steps: int = 2, warmup: int = 1, row_limit: int = 25) -> dict:
     """`grpo profile`: builds the engine for `cfg`, writes out_dir/trace.json and the tables, and the
     metrics of every step (warm-up ones too) to out_dir/metrics.jsonl."""
     from .engine import GRPOEngine
