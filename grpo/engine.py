@@ -158,7 +158,9 @@ class GRPOEngine:
                 self.scheduler.step()
                 sums["grad_norm"] = grad_norm
         self.sampler_is_current = False
-        metrics = {k: (v / t.updates_per_rollout if k not in ("grad_norm",) else v) for k, v in sums.items()}
+        # sums over the mu updates become means; grad_norm (the last update's) and the ratio extremes stay
+        keep = ("grad_norm", "ratio_min", "ratio_max")
+        metrics = {k: (v if k in keep else v / t.updates_per_rollout) for k, v in sums.items()}
         metrics["lr"] = self.scheduler.get_last_lr()[0]
         metrics["micro_batches"] = len(mbs)
         return metrics

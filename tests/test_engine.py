@@ -80,7 +80,8 @@ def test_resume_continues_exactly(sampler, tmp_path):
     over = ("optim.lr=3e-3", "rewards.functions=[{name: contains, kwargs: {target_text: '7'}}]",
             "data.template=plain", "train.updates_per_rollout=2")
     a = _engine(sampler, *over)
-    a.train(4)
+    for m in a.train(4):  # mu = 2: the ratio extremes are over both updates, the mean is their mean
+        assert m["ratio_min"] <= m["ratio_mean"] <= m["ratio_max"], m
     want = _weights(a.policy)
     b = _engine(sampler, *over, run_dir=tmp_path)
     b.train(2)
