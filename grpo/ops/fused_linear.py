@@ -121,15 +121,35 @@ def _mm_fp32_out(a, b, out, k_block=8192):
             out.addmm_(a[:, k0:k0 + k_block].float(), b[k0:k0 + k_block].float())
 
 
-def _chunk_backward(dl, h2d, weight, s, e, grads):
-    """From the chunk's dlogits dl (n, V): dhidden rows, dW and db, all into fp32 buffers."""
+def _chunk_backward(dl, h2d, weight, s, e, grads, db_done=False):
+    """From the chunk's dlogits dl (n, V): dhidden rows, dW and db (unless _exact_bias_grad took it), all into
+    fp32 buffers."""
     dh, dW, db = grads
     if dh is not None:
         _mm_fp32_out(dl, weight, dh[s:e])
     if dW is not None:
         _accumulate_dw(dW, dl, h2d[s:e])
-    if db is not None:
+    if db is not None and not db_done:
         db.add_(dl.sum(0, dtype=torch.float32))
+
+
+def _exact_bias_grad(db, lg, t, stats, g, temperature):
+    """db (V,) fp32 += sum_n g_n (onehot(t_n) - p_n) / T over the chunk, from its logits lg (n, V) in the input
+    dtype, stats (n, 2) [max, log s] of the scaled logits and g (n,) = dLoss/dlogp, in fp32. Why: for
+    low-precision logits, summing the dlogits after their rounding and scaling by the upstream gradient in the
+    backward rounds twice (up to ~1 ulp where one token dominates a column; torch rounds g * dlogits once).
+    Costs an fp32 (rows with g != 0, V) temporary per chunk, only when a low-precision bias needs its gradient."""
+    rows = g.nonzero().squeeze(1)
+    if rows.numel() == 0:
+        return
+    gt = g[rows] / temperature  # (n',)
+    p = lg[rows].float().div_(temperature).sub_(stats[rows, :1]).sub_(stats[rows, 1:]).exp_()  # (n', V)
+    db.sub_(gt @ p)
+    db.index_add_(0, t[rows], gt)
+
+
+def _needs_exact_db(grads, lg):
+    return grads[2] is not None and lg.dtype != torch.float32
 
 
 def _tokenwise_sweep(h2d, weight, bias, t1d, m, coef, adv, old, ref, samp, config, chunk, grads, out, backend):
@@ -142,16 +162,22 @@ def _tokenwise_sweep(h2d, weight, bias, t1d, m, coef, adv, old, ref, samp, confi
     adv_tok = adv.repeat_interleave(T)
     want_grad = any(x is not None for x in grads)
     buf = torch.empty(min(chunk, N), weight.shape[0], dtype=h2d.dtype, device=h2d.device)
+    exact_db = _needs_exact_db(grads, buf)
     for s, e in chunk_bounds(N, chunk):
         lg = _chunk_logits(h2d, weight, bias, s, e, buf)
-        tl, lp, en, _, _ = launch_loss(lg, t1d[s:e], col(m, s, e), col(coef, s, e), adv_tok[s:e], col(old, s, e),
-                                       col(ref, s, e), col(samp, s, e), config,
-                                       dlogits=lg if want_grad else None, backend=backend)
+        # exact_db: the bias gradient reads the logits after the head gave g, so dlogits come in a second pass
+        one_launch = want_grad and not exact_db
+        tl, lp, en, st, g = launch_loss(lg, t1d[s:e], col(m, s, e), col(coef, s, e), adv_tok[s:e], col(old, s, e),
+                                        col(ref, s, e), col(samp, s, e), config,
+                                        dlogits=lg if one_launch else None, backend=backend)
         tok_loss[s:e], logp[s:e] = tl, lp
         if ent is not None:
             ent[s:e] = en
+        if want_grad and exact_db:
+            _exact_bias_grad(grads[2], lg, t1d[s:e], st, g, config.temperature)
+            launch_softmax_grad(lg, t1d[s:e], st, None, g, None, config.temperature, out=lg, backend=backend)
         if want_grad:
-            _chunk_backward(lg, h2d, weight, s, e, grads)
+            _chunk_backward(lg, h2d, weight, s, e, grads, db_done=exact_db)
 
 
 def _sequence_sweeps(h2d, weight, bias, t1d, m, coef, adv, old, ref, samp, config, chunk, grads, out, backend):
@@ -178,11 +204,14 @@ def _sequence_sweeps(h2d, weight, bias, t1d, m, coef, adv, old, ref, samp, confi
     tok_loss.copy_(tl)
     if not want_grad:
         return
+    exact_db = _needs_exact_db(grads, buf)
     for s, e in bounds:
         lg = _chunk_logits(h2d, weight, bias, s, e, buf)
+        if exact_db:
+            _exact_bias_grad(grads[2], lg, t1d[s:e], stats[s:e], g[s:e], config.temperature)
         launch_softmax_grad(lg, t1d[s:e], stats[s:e], None, g[s:e], None, config.temperature, out=lg,
                             backend=backend)
-        _chunk_backward(lg, h2d, weight, s, e, grads)
+        _chunk_backward(lg, h2d, weight, s, e, grads, db_done=exact_db)
 
 
 def launch_fused_linear_loss(h2d, weight, bias, t1d, m, coef, adv, old, ref, samp, config: LossConfig, chunk: int,
