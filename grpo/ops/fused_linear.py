@@ -58,7 +58,8 @@ def plan_chunk(N: int, H: int, V: int, chunk_tokens=None, cuda: bool = False) ->
     the hidden states already in memory; round(N * H / V / 64) * 64, clamped to [256, 16384] (on CUDA to
     [4096, 16384]: MIN_CHUNK_CUDA), at most N (one chunk when it all fits). Peak extra memory is one chunk
     of logits (chunk * V elements in the input dtype) plus O(N) vectors, plus the fp32 dW accumulator for
-    low-precision weights. `chunk_tokens` (an int >= 1) overrides the rule (still at most N)."""
+    low-precision weights (and an fp32 chunk * V temporary when a low-precision bias needs its gradient).
+    `chunk_tokens` (an int >= 1) overrides the rule (still at most N)."""
     if chunk_tokens is not None:
         return max(1, min(int(chunk_tokens), N))
     c = int(round(N * H / max(V, 1) / CHUNK_MULTIPLE)) * CHUNK_MULTIPLE
@@ -166,14 +167,13 @@ def _tokenwise_sweep(h2d, weight, bias, t1d, m, coef, adv, old, ref, samp, confi
     for s, e in chunk_bounds(N, chunk):
         lg = _chunk_logits(h2d, weight, bias, s, e, buf)
         # exact_db: the bias gradient reads the logits after the head gave g, so dlogits come in a second pass
-        one_launch = want_grad and not exact_db
         tl, lp, en, st, g = launch_loss(lg, t1d[s:e], col(m, s, e), col(coef, s, e), adv_tok[s:e], col(old, s, e),
                                         col(ref, s, e), col(samp, s, e), config,
-                                        dlogits=lg if one_launch else None, backend=backend)
+                                        dlogits=lg if want_grad and not exact_db else None, backend=backend)
         tok_loss[s:e], logp[s:e] = tl, lp
         if ent is not None:
             ent[s:e] = en
-        if want_grad and exact_db:
+        if exact_db:  # implies want_grad (the bias gradient is wanted)
             _exact_bias_grad(grads[2], lg, t1d[s:e], st, g, config.temperature)
             launch_softmax_grad(lg, t1d[s:e], st, None, g, None, config.temperature, out=lg, backend=backend)
         if want_grad:
