@@ -83,20 +83,21 @@ void advantages(int device, uintptr_t stream, int num_threads, uintptr_t rewards
 }
 
 void logprobs(int device, uintptr_t stream, int num_threads, uintptr_t logits, uintptr_t targets, uintptr_t logp,
-              uintptr_t stats, uintptr_t entropy, int64_t N, int64_t V, int64_t row_stride, float temperature, int dtype) {
+              uintptr_t stats, uintptr_t entropy, int64_t N, int64_t V, int64_t row_stride, double temperature, int dtype,
+              uintptr_t logp_lo) {
   check_dtype(dtype);
   check_rows(N, V, row_stride, logits, targets);
-  require(temperature > 0.0f, "temperature must be > 0");
+  require(temperature > 0.0, "temperature must be > 0");
   if (N == 0) return;
   require(logp, "logp pointer must be non-null");
   LogprobParams p{as_ptr<const void>(logits), as_ptr<const int64_t>(targets), as_ptr<float>(logp), as_ptr<float>(stats),
-                  as_ptr<float>(entropy), N, V, row_stride, temperature, dtype};
+                  as_ptr<float>(entropy), as_ptr<float>(logp_lo), N, V, row_stride, temperature, dtype};
   dispatch(device, stream, num_threads, p, cpu::logprobs, CUDA_FN(logprobs));
 }
 
 void softmax_grad(int device, uintptr_t stream, int num_threads, uintptr_t logits, uintptr_t targets, uintptr_t stats,
                   uintptr_t entropy, uintptr_t g_logp, uintptr_t g_ent, uintptr_t dlogits, int64_t N, int64_t V,
-                  int64_t row_stride, int64_t grad_row_stride, float temperature, int dtype) {
+                  int64_t row_stride, int64_t grad_row_stride, double temperature, int dtype) {
   check_dtype(dtype);
   check_rows(N, V, row_stride, logits, targets);
   require(grad_row_stride >= V, "grad_row_stride must be >= V");
@@ -112,7 +113,7 @@ void softmax_grad(int device, uintptr_t stream, int num_threads, uintptr_t logit
 LossHeadParams make_head(uintptr_t logp, uintptr_t old_logp, uintptr_t ref_logp, uintptr_t sampling_logp,
                          uintptr_t mask, uintptr_t coef, uintptr_t advantages, uintptr_t tok_loss, uintptr_t g_logp,
                          int64_t B, int64_t T, float eps_low, float eps_high, float dual_clip, float beta,
-                         float is_cap, int kl, int ratio_level, int is_mode) {
+                         float is_cap, int kl, int ratio_level, int is_mode, uintptr_t logp_lo = 0) {
   require(B >= 0 && T >= 1, "need B >= 0 and T >= 1");
   require(eps_low >= 0.0f && eps_high >= 0.0f, "eps_low/eps_high must be >= 0");
   require(kl >= kKL3 && kl <= kKL1, "unknown kl code " + std::to_string(kl));
@@ -121,7 +122,7 @@ LossHeadParams make_head(uintptr_t logp, uintptr_t old_logp, uintptr_t ref_logp,
   require(beta == 0.0f || ref_logp, "beta != 0 needs ref_logp");
   require(is_mode == kISNone || sampling_logp, "is_mode needs sampling_logp");
   require(B == 0 || (logp && mask && coef && advantages && tok_loss), "logp/mask/coef/advantages/tok_loss must be non-null");
-  return LossHeadParams{as_ptr<const float>(logp), as_ptr<const float>(old_logp), as_ptr<const float>(ref_logp),
+  return LossHeadParams{as_ptr<const float>(logp), as_ptr<const float>(logp_lo), as_ptr<const float>(old_logp), as_ptr<const float>(ref_logp),
                         as_ptr<const float>(sampling_logp), as_ptr<const float>(mask), as_ptr<const float>(coef),
                         as_ptr<const float>(advantages), as_ptr<float>(tok_loss), as_ptr<float>(g_logp), B, T,
                         eps_low, eps_high, dual_clip, beta, is_cap, kl, ratio_level, is_mode};
@@ -130,16 +131,16 @@ LossHeadParams make_head(uintptr_t logp, uintptr_t old_logp, uintptr_t ref_logp,
 void loss_head(int device, uintptr_t stream, int num_threads, uintptr_t logp, uintptr_t old_logp, uintptr_t ref_logp,
                uintptr_t sampling_logp, uintptr_t mask, uintptr_t coef, uintptr_t advantages, uintptr_t tok_loss,
                uintptr_t g_logp, int64_t B, int64_t T, float eps_low, float eps_high, float dual_clip, float beta,
-               float is_cap, int kl, int ratio_level, int is_mode) {
+               float is_cap, int kl, int ratio_level, int is_mode, uintptr_t logp_lo) {
   LossHeadParams p = make_head(logp, old_logp, ref_logp, sampling_logp, mask, coef, advantages, tok_loss, g_logp, B, T,
-                               eps_low, eps_high, dual_clip, beta, is_cap, kl, ratio_level, is_mode);
+                               eps_low, eps_high, dual_clip, beta, is_cap, kl, ratio_level, is_mode, logp_lo);
   require(B == 0 || g_logp, "g_logp must be non-null");
   if (B == 0) return;
   dispatch(device, stream, num_threads, p, cpu::loss_head, CUDA_FN(loss_head));
 }
 
 void fused_loss(int device, uintptr_t stream, int num_threads, uintptr_t logits, uintptr_t targets, uintptr_t logp,
-                uintptr_t stats, uintptr_t entropy, int64_t V, int64_t row_stride, float temperature, int dtype,
+                uintptr_t stats, uintptr_t entropy, int64_t V, int64_t row_stride, double temperature, int dtype,
                 uintptr_t old_logp, uintptr_t ref_logp, uintptr_t sampling_logp, uintptr_t mask, uintptr_t coef,
                 uintptr_t advantages, uintptr_t tok_loss, uintptr_t g_logp, int64_t B, int64_t T, float eps_low,
                 float eps_high, float dual_clip, float beta, float is_cap, int kl, int ratio_level, int is_mode,
@@ -147,14 +148,14 @@ void fused_loss(int device, uintptr_t stream, int num_threads, uintptr_t logits,
   check_dtype(dtype);
   const int64_t N = B * T;
   check_rows(N, V, row_stride, logits, targets);
-  require(temperature > 0.0f, "temperature must be > 0");
+  require(temperature > 0.0, "temperature must be > 0");
   require(!dlogits || grad_row_stride >= V, "grad_row_stride must be >= V");
   LossHeadParams h = make_head(logp, old_logp, ref_logp, sampling_logp, mask, coef, advantages, tok_loss, g_logp, B, T,
                                eps_low, eps_high, dual_clip, beta, is_cap, kl, ratio_level, is_mode);
   require(head_is_tokenwise(h), "fused_loss handles token-level ratios and token/no IS only; use logprobs + loss_head");
   if (N == 0) return;
   LogprobParams lp{as_ptr<const void>(logits), as_ptr<const int64_t>(targets), as_ptr<float>(logp), as_ptr<float>(stats),
-                   as_ptr<float>(entropy), N, V, row_stride, temperature, dtype};
+                   as_ptr<float>(entropy), nullptr, N, V, row_stride, temperature, dtype};
   FusedLossParams p{lp, h, as_ptr<void>(dlogits), grad_row_stride};
   dispatch(device, stream, num_threads, p, cpu::fused_loss, CUDA_FN(fused_loss));
 }
@@ -177,14 +178,15 @@ PYBIND11_MODULE(_C, m) {
   m.def("advantages", &advantages, arg("device"), arg("stream"), arg("num_threads"), arg("rewards"), arg("advantages"),
         arg("zero_std"), arg("B"), arg("G"), arg("scale"), arg("estimator"), arg("eps"));
   m.def("logprobs", &logprobs, arg("device"), arg("stream"), arg("num_threads"), arg("logits"), arg("targets"),
-        arg("logp"), arg("stats"), arg("entropy"), arg("N"), arg("V"), arg("row_stride"), arg("temperature"), arg("dtype"));
+        arg("logp"), arg("stats"), arg("entropy"), arg("N"), arg("V"), arg("row_stride"), arg("temperature"), arg("dtype"),
+        arg("logp_lo") = 0);
   m.def("softmax_grad", &softmax_grad, arg("device"), arg("stream"), arg("num_threads"), arg("logits"),
         arg("targets"), arg("stats"), arg("entropy"), arg("g_logp"), arg("g_ent"), arg("dlogits"), arg("N"), arg("V"),
         arg("row_stride"), arg("grad_row_stride"), arg("temperature"), arg("dtype"));
   m.def("loss_head", &loss_head, arg("device"), arg("stream"), arg("num_threads"), arg("logp"), arg("old_logp"),
         arg("ref_logp"), arg("sampling_logp"), arg("mask"), arg("coef"), arg("advantages"), arg("tok_loss"),
         arg("g_logp"), arg("B"), arg("T"), arg("eps_low"), arg("eps_high"), arg("dual_clip"), arg("beta"),
-        arg("is_cap"), arg("kl"), arg("ratio_level"), arg("is_mode"));
+        arg("is_cap"), arg("kl"), arg("ratio_level"), arg("is_mode"), arg("logp_lo") = 0);
   m.def("fused_loss", &fused_loss, arg("device"), arg("stream"), arg("num_threads"), arg("logits"), arg("targets"),
         arg("logp"), arg("stats"), arg("entropy"), arg("V"), arg("row_stride"), arg("temperature"), arg("dtype"),
         arg("old_logp"), arg("ref_logp"), arg("sampling_logp"), arg("mask"), arg("coef"), arg("advantages"),

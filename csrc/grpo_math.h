@@ -47,13 +47,39 @@ GRPO_HD float fexp(float x) {
 #endif
 }
 
-// z = x / T, correctly rounded as torch's logits / T (a multiply by a rounded 1/T is off by up to an ulp
-// of z, which shows in logp for large logits), and rounded before anything is subtracted from it.
-GRPO_HD float scale_logit(float x, float temperature) {
+// z = x / T for the temperature T given in double, rounded once to fp32. T is held as an fp32 pair
+// T_hi + T_lo: q = x y (y = RN(1/T)), r = x - q T_hi (exact by fma), r -= q T_lo, z = q + r y. For an fp32
+// T (T_lo = 0) that is Markstein's correctly rounded quotient, bit-identical to x / T, whenever no step
+// overflows or goes subnormal; with T_lo it is the correctly rounded x / T except within ~2^-20 ulp of a
+// tie. Taken for 2^-64 <= |x| <= 2^64 and 2^-32 <= T <= 2^32; outside that z = x y (exact for 0, inf,
+// NaN; within an ulp otherwise). Why the pair: dividing by fp32(T) (what torch's fp32 logits / 1.3 does)
+// scales every z by the same 1 + 3e-8, a bias that adds up over a sequence's logprobs instead of averaging.
+struct TempScale {
+  float T_hi, T_lo, y, lo, hi;
+};
+
+GRPO_HD TempScale temp_scale(double T) {
+  TempScale s;
+  s.T_hi = (float)T;
+  s.T_lo = (float)(T - (double)s.T_hi);
+  s.y = (float)(1.0 / T);
+  const bool ok = s.T_hi >= 0x1p-32f && s.T_hi <= 0x1p32f;
+  s.lo = ok ? 0x1p-64f : INFINITY;
+  s.hi = ok ? 0x1p64f : 0.0f;
+  return s;
+}
+
+GRPO_HD float scale_logit(float x, const TempScale& s) {
 #if defined(__CUDA_ARCH__)
-  return temperature == 1.0f ? x : __fdiv_rn(x, temperature);
+  const float q = __fmul_rn(x, s.y);
+  const float r = __fmaf_rn(-q, s.T_lo, __fmaf_rn(-q, s.T_hi, x));
+  const float ax = fabsf(x);
+  return ax >= s.lo && ax <= s.hi ? __fmaf_rn(s.y, r, q) : q;
 #else
-  return temperature == 1.0f ? x : x / temperature;
+  const float q = x * s.y;
+  const float r = std::fma(-q, s.T_lo, std::fma(-q, s.T_hi, x));
+  const float ax = std::fabs(x);
+  return ax >= s.lo && ax <= s.hi ? std::fma(s.y, r, q) : q;
 #endif
 }
 
@@ -130,24 +156,24 @@ GRPO_HD RowStats row_stats_merge(RowStats a, RowStats b) {
 
 GRPO_HD float row_logs(RowStats st) { return logf(st.s); }
 
-// logp of the target from its scaled logit and the row's (m, s), with one rounding: z - m is exact in
-// double and log s is taken in double, so the result is within half an ulp plus the error of s.
-GRPO_HD float target_logp(float z_t, float m, double s) { return (float)(((double)z_t - (double)m) - log(s)); }
+// logp of the target from its raw logit x_t and the row's (m, s) of z = x / T, in double: x_t / T, the
+// subtraction of m and log s (rounding z_t = x_t / T to fp32 first would add up to half an ulp of z_t,
+// more than half an ulp of logp when |z_t| > |logp|). Its error is the error of s.
+GRPO_HD double target_logp64(float x_t, double temperature, float m, double s) {
+  return ((double)x_t / temperature - (double)m) - log(s);
+}
+
+// logp rounded once to fp32, and optionally the rounding residual lo = logp64 - logp (also fp32, exact
+// enough: |lo| <= half an ulp of logp), so that sums of logp over a sequence keep double precision.
+GRPO_HD float target_logp(float x_t, double temperature, float m, double s, float* lo = nullptr) {
+  const double l = target_logp64(x_t, temperature, m, s);
+  const float f = (float)l;
+  if (lo) *lo = (float)(l - (double)f);
+  return f;
+}
 
 // H = log s - t / s (entropy of softmax(z), z already divided by the temperature).
 GRPO_HD float row_entropy(RowStats st) { return logf(st.s) - st.t / st.s; }
-
-// d/dz_j of (g_logp * logp_target + g_ent * H), divided by the temperature. dj = z_j - m (z = logits / T), logs = log s.
-// log p_j = dj - logs: subtracting the max first keeps p's precision when one token dominates the row.
-GRPO_HD float softmax_grad_elem(float dj, float logs, bool is_target, float g_logp, float g_ent,
-                                float H, float temperature) {
-  float lp = dj - logs;
-  float p = fexp(lp);
-  float d = g_logp * ((is_target ? 1.0f : 0.0f) - p);
-  float ent = p > 0.0f ? p * (lp + H) : 0.0f;
-  d -= g_ent * ent;
-  return d / temperature;
-}
 
 // ---------------------------------------------------------------------------------------------
 // KL estimators between the policy and the reference (Schulman's k1/k2/k3; TRL uses k3).
@@ -240,10 +266,16 @@ GRPO_HD bool head_seq_is(const LossHeadParams& p) { return p.is_mode == kISSeqTr
 
 // Token i's terms of its sequence's sums: masked log-ratio (logp - old), masked IS log-ratio
 // (old - sampling), mask. Summed in double, serially on the CPU and as a tree over lanes on the GPU.
+// logp enters as logp + logp_lo (its unrounded value) when the residual is given: on-policy, the
+// sequence IS log-ratio is a sum of T logprobs, where T fp32 roundings would add up (and show in the
+// loss, which is exp of that sum).
 GRPO_HD void head_sums_add(const LossHeadParams& p, int64_t i, double (&sums)[3]) {
   const double m = p.mask[i];
-  sums[0] += m * ((double)p.logp[i] - (double)head_old(p, i));
-  sums[1] += m * ((double)head_old(p, i) - (double)head_samp(p, i));
+  const double lp = (double)p.logp[i] + (p.logp_lo ? (double)p.logp_lo[i] : 0.0);
+  const double old = p.old_logp ? (double)p.old_logp[i] : lp;
+  const double samp = p.sampling_logp ? (double)p.sampling_logp[i] : old;
+  sums[0] += m * (lp - old);
+  sums[1] += m * (old - samp);
   sums[2] += m;
 }
 

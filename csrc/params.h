@@ -32,10 +32,11 @@ struct LogprobParams {
   float* stats;           // (N, 2) out, may be null: row max m and log s (lse = m + log s), kept apart
                           // so p = exp((z - m) - log s) keeps precision when one token dominates
   float* entropy;         // (N,) out, null when not wanted
+  float* logp_lo;         // (N,) out, may be null: logp's rounding residual (logp64 - logp), for sequence sums
   int64_t N;
   int64_t V;
   int64_t row_stride;
-  float temperature;
+  double temperature;     // logits are divided by it (exactly: see grpo_math.h scale_logit)
   int dtype;              // DType
 };
 
@@ -52,7 +53,7 @@ struct SoftmaxGradParams {
   int64_t V;
   int64_t row_stride;
   int64_t grad_row_stride;
-  float temperature;
+  double temperature;     // logits are divided by it (exactly: see grpo_math.h scale_logit)
   int dtype;
 };
 
@@ -60,6 +61,7 @@ struct SoftmaxGradParams {
 // g = dLoss/dlogp. N = B * T tokens laid out as B sequences of T.
 struct LossHeadParams {
   const float* logp;          // (N,) current policy logprobs
+  const float* logp_lo;       // (N,) or null: logp's rounding residual (LogprobParams.logp_lo)
   const float* old_logp;      // (N,) or null: on-policy (old = logp, detached)
   const float* ref_logp;      // (N,) or null (beta == 0)
   const float* sampling_logp; // (N,) or null (no importance-sampling correction)

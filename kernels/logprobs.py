@@ -15,7 +15,9 @@ Design (why):
 - exp as exp2((z - m) * log2 e): the max comes off first, so the dominant terms are exact; prescaling the
   logits by log2 e / T before the subtraction would round every z once more (~1e-6 of logp for large
   logits) to save one FMUL per element in a kernel bound by memory, not arithmetic.
-- z = x / T is correctly rounded (as torch's logits / T) with the fma correction of common.cuh's DivScale;
+- z = x / T is rounded once for the exact (fp64) temperature, held as an fp32 pair T + Tlo, with the fma
+  correction of grpo_math.h's scale_logit (dividing by fp32(T), as torch's fp32 logits / T does, leaves a
+  relative error of up to 3e-8 in every z of the same sign: it adds up over a sequence's logprobs);
   fp32 `/` in Triton is div.full (2 ulp). T == 1 is a constexpr specialization with no scaling at all.
 - Row offsets are int64 (N * V passes 2^31 at N = 16384, V = 151936); column offsets stay int32.
 - Rows with g_logp = g_ent = 0 (masked tokens) write zeros with their loads masked off: no read.
@@ -36,12 +38,15 @@ ROW_ELEMS = 2048    # elements a program holds per tile when several short rows 
 
 # --- @triton.jit row helpers --------------------------------------------------------------------------
 @triton.jit
-def _scale(x, T, invT, lo, hi, HAS_T: tl.constexpr):
-    """x / T correctly rounded: q = x (1/T), then one fma correction (exact for |x| in [lo, hi])."""
+def _scale(x, T, Tlo, invT, lo, hi, HAS_T: tl.constexpr):
+    """x / (T + Tlo) rounded once (the temperature as an fp32 pair, so an fp64 temperature such as 1.3
+    leaves no systematic error): q = x (1/T), r = x - q T exactly by fma, minus q Tlo, then q + r / T
+    (exact steps for |x| in [lo, hi]; as grpo_math.h scale_logit)."""
     z = x
     if HAS_T:
         q = x * invT
         r = tl.fma(-q, T, x)
+        r = tl.fma(-q, Tlo, r)
         ax = tl.abs(x)
         z = tl.where((ax >= lo) & (ax <= hi), tl.fma(invT, r, q), q)
     return z
@@ -60,7 +65,7 @@ def _to_out(val, out_ptr, BF16_RNE: tl.constexpr):
 
 
 @triton.jit
-def _row_stats(row_ptr, row_ok, V, T, invT, lo, hi, HAS_T: tl.constexpr, WITH_ENT: tl.constexpr,
+def _row_stats(row_ptr, row_ok, V, T, Tlo, invT, lo, hi, HAS_T: tl.constexpr, WITH_ENT: tl.constexpr,
                BLOCK_V: tl.constexpr, ROWS: tl.constexpr):
     """(m, s, t) of z = row / T for ROWS rows; row_ptr (ROWS,) pointers, row_ok (ROWS,) bool."""
     cols0 = tl.arange(0, BLOCK_V)
@@ -71,7 +76,7 @@ def _row_stats(row_ptr, row_ok, V, T, invT, lo, hi, HAS_T: tl.constexpr, WITH_EN
         cols = start + cols0
         msk = row_ok[:, None] & (cols < V)[None, :]
         x = tl.load(row_ptr[:, None] + cols[None, :], mask=msk, other=float("-inf")).to(tl.float32)
-        z = _scale(x, T, invT, lo, hi, HAS_T)
+        z = _scale(x, T, Tlo, invT, lo, hi, HAS_T)
         m_new = tl.maximum(m, tl.max(z, axis=1))
         base = tl.where(m_new == float("-inf"), 0.0, m_new)  # nothing finite yet: keep -inf - -inf out
         dm = m - base                                         # <= 0; -inf for an empty state (c = 0)
@@ -87,22 +92,25 @@ def _row_stats(row_ptr, row_ok, V, T, invT, lo, hi, HAS_T: tl.constexpr, WITH_EN
 
 
 @triton.jit
-def _finish_stats(x_t, m, s, t, T, invT, lo, hi, HAS_T: tl.constexpr):
-    """logp, log s, entropy from (m, s, t) and the target's raw logit x_t. Rows whose max is infinite
-    (all -inf, or a +inf logit) get NaN, as torch. logp has one rounding: z_t - m and log s in fp64."""
+def _finish_stats(x_t, m, s, t, T, Tlo, invT, lo, hi, HAS_T: tl.constexpr):
+    """logp, log s, entropy and the unrounded logp (fp64) from (m, s, t) and the target's raw logit x_t.
+    Rows whose max is infinite (all -inf, or a +inf logit) get NaN, as torch. logp has one rounding:
+    x_t / T, the subtraction of m and log s are in fp64 (as grpo_math.h target_logp64)."""
     bad = (m == float("inf")) | (m == float("-inf"))
     s = tl.where(bad, float("nan"), s)
     t = tl.where(bad, float("nan"), t)
-    z_t = _scale(x_t, T, invT, lo, hi, HAS_T)
+    z_t = x_t.to(tl.float64)
+    if HAS_T:
+        z_t = z_t / (tl.cast(T, tl.float64) + tl.cast(Tlo, tl.float64))
     log_s64 = tl.log(s.to(tl.float64))
-    logp = ((z_t.to(tl.float64) - m.to(tl.float64)) - log_s64).to(tl.float32)
+    logp64 = (z_t - m.to(tl.float64)) - log_s64
     logs = log_s64.to(tl.float32)
     ent = logs - tl.math.div_rn(t, s)
-    return logp, logs, ent
+    return logp64.to(tl.float32), logs, ent, logp64
 
 
 @triton.jit
-def _grad_pass(row_ptr, out_ptr, row_ok, tgt, x_t, m, logs, H, g, ge, V, T, invT, lo, hi,
+def _grad_pass(row_ptr, out_ptr, row_ok, tgt, x_t, m, logs, H, g, ge, V, T, Tlo, invT, lo, hi,
                HAS_T: tl.constexpr, HAS_ENT: tl.constexpr, REVERSE: tl.constexpr, BF16_RNE: tl.constexpr,
                BLOCK_V: tl.constexpr, ROWS: tl.constexpr):
     """dlogits rows: a p_j (+ b p_j (log p_j + H)), a = -g / T, b = -ge / T; at the target
@@ -110,18 +118,19 @@ def _grad_pass(row_ptr, out_ptr, row_ok, tgt, x_t, m, logs, H, g, ge, V, T, invT
     before the caller's barrier (out may alias the row). Each element is loaded and stored by the same
     thread in the same tile, so in place is safe. REVERSE walks the tiles last to first: right after pass 1
     the row's tail is the part most likely still in L2."""
-    if HAS_T:
-        a = -tl.math.div_rn(g, T)
-        b = -tl.math.div_rn(ge, T)
+    if HAS_T:  # per-row scalars divided by the fp64 temperature
+        t64 = tl.cast(T, tl.float64) + tl.cast(Tlo, tl.float64)
+        a = (-g.to(tl.float64) / t64).to(tl.float32)
+        b = (-ge.to(tl.float64) / t64).to(tl.float32)
     else:
         a = -g
         b = -ge
     live = row_ok & ((g != 0.0) | (ge != 0.0))  # zero rows: stores only, loads masked off
-    zl_t = (_scale(x_t, T, invT, lo, hi, HAS_T) - m) - logs
+    zl_t = (_scale(x_t, T, Tlo, invT, lo, hi, HAS_T) - m) - logs
     p_t = tl.exp2(zl_t * LOG2E)
     v_t = g * (1.0 - p_t)
     if HAS_T:
-        v_t = tl.math.div_rn(v_t, T)
+        v_t = (v_t.to(tl.float64) / t64).to(tl.float32)
     if HAS_ENT:  # p (log p + H), 0 where p = 0 (log p = -inf clamped: 0 * -FLT_MAX, not NaN)
         v_t = v_t + b * (p_t * (tl.maximum(zl_t, -FLT_MAX) + H))
     cols0 = tl.arange(0, BLOCK_V)
@@ -134,7 +143,7 @@ def _grad_pass(row_ptr, out_ptr, row_ok, tgt, x_t, m, logs, H, g, ge, V, T, invT
         cols = start + cols0
         cmask = (cols < V)[None, :]
         x = tl.load(row_ptr[:, None] + cols[None, :], mask=cmask & live[:, None], other=0.0).to(tl.float32)
-        zl = (_scale(x, T, invT, lo, hi, HAS_T) - m[:, None]) - logs[:, None]  # log p_j, max off first
+        zl = (_scale(x, T, Tlo, invT, lo, hi, HAS_T) - m[:, None]) - logs[:, None]  # log p_j, max off first
         p = tl.exp2(zl * LOG2E)
         val = a[:, None] * p
         if HAS_ENT:
@@ -146,8 +155,8 @@ def _grad_pass(row_ptr, out_ptr, row_ok, tgt, x_t, m, logs, H, g, ge, V, T, invT
 
 # --- @triton.jit kernels ------------------------------------------------------------------------------
 @triton.jit
-def _logprobs_kernel(logits, targets, logp_out, stats_out, ent_out, N, V, stride, T, invT, lo, hi,
-                     HAS_T: tl.constexpr, WITH_STATS: tl.constexpr, WITH_ENT: tl.constexpr,
+def _logprobs_kernel(logits, targets, logp_out, stats_out, ent_out, lo_out, N, V, stride, T, Tlo, invT, lo, hi,
+                     HAS_T: tl.constexpr, WITH_STATS: tl.constexpr, WITH_ENT: tl.constexpr, WITH_LO: tl.constexpr,
                      BLOCK_V: tl.constexpr, ROWS: tl.constexpr):
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     row_ok = rows < N
@@ -155,9 +164,11 @@ def _logprobs_kernel(logits, targets, logp_out, stats_out, ent_out, N, V, stride
     row_ptr = logits + rows64 * stride
     tgt = tl.load(targets + rows64, mask=row_ok, other=0)
     x_t = tl.load(row_ptr + tgt, mask=row_ok, other=0.0).to(tl.float32)  # issued before the row loop
-    m, s, t = _row_stats(row_ptr, row_ok, V, T, invT, lo, hi, HAS_T, WITH_ENT, BLOCK_V, ROWS)
-    logp, logs, ent = _finish_stats(x_t, m, s, t, T, invT, lo, hi, HAS_T)
+    m, s, t = _row_stats(row_ptr, row_ok, V, T, Tlo, invT, lo, hi, HAS_T, WITH_ENT, BLOCK_V, ROWS)
+    logp, logs, ent, logp64 = _finish_stats(x_t, m, s, t, T, Tlo, invT, lo, hi, HAS_T)
     tl.store(logp_out + rows64, logp, mask=row_ok)
+    if WITH_LO:  # the rounding residual, for sums of logp over a sequence (grpo_math.h target_logp)
+        tl.store(lo_out + rows64, (logp64 - logp.to(tl.float64)).to(tl.float32), mask=row_ok)
     if WITH_STATS:
         tl.store(stats_out + 2 * rows64, m, mask=row_ok)
         tl.store(stats_out + 2 * rows64 + 1, logs, mask=row_ok)
@@ -166,7 +177,7 @@ def _logprobs_kernel(logits, targets, logp_out, stats_out, ent_out, N, V, stride
 
 
 @triton.jit
-def _softmax_grad_kernel(logits, targets, stats, ent, g_logp, g_ent, dlogits, N, V, stride, out_stride, T, invT,
+def _softmax_grad_kernel(logits, targets, stats, ent, g_logp, g_ent, dlogits, N, V, stride, out_stride, T, Tlo, invT,
                          lo, hi, HAS_T: tl.constexpr, HAS_ENT: tl.constexpr, BF16_RNE: tl.constexpr,
                          BLOCK_V: tl.constexpr, ROWS: tl.constexpr):
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
@@ -187,7 +198,7 @@ def _softmax_grad_kernel(logits, targets, stats, ent, g_logp, g_ent, dlogits, N,
     m = tl.load(stats + 2 * rows64, mask=row_ok, other=0.0)
     logs = tl.load(stats + 2 * rows64 + 1, mask=row_ok, other=0.0)
     tl.debug_barrier()  # every thread has read x_t before any thread overwrites the row (in place)
-    _grad_pass(row_ptr, out_ptr, row_ok, tgt, x_t, m, logs, H, g, ge, V, T, invT, lo, hi, HAS_T, HAS_ENT, False,
+    _grad_pass(row_ptr, out_ptr, row_ok, tgt, x_t, m, logs, H, g, ge, V, T, Tlo, invT, lo, hi, HAS_T, HAS_ENT, False,
                BF16_RNE, BLOCK_V, ROWS)
 
 
@@ -204,12 +215,15 @@ def row_config(V: int, elem_bytes: int) -> tuple:
 
 
 def temperature_args(temperature: float) -> dict:
-    """T, a correctly rounded fp32 1/T and the |x| range where the fma correction is exact (as DivScale)."""
-    t32 = torch.tensor(float(temperature), dtype=torch.float32)
-    inv = float(torch.tensor(1.0, dtype=torch.float32) / t32)
-    ok = 2.0 ** -32 <= float(t32) <= 2.0 ** 32
-    return dict(T=float(t32), invT=inv, lo=2.0 ** -64 if ok else float("inf"), hi=2.0 ** 64 if ok else 0.0,
-                HAS_T=float(t32) != 1.0)
+    """The temperature as an fp32 pair T + Tlo, fp32 RN(1/temperature) and the |x| range where the fma
+    steps are exact (as grpo_math.h TempScale)."""
+    t = float(temperature)
+    t32 = float(torch.tensor(t, dtype=torch.float32))
+    tlo = float(torch.tensor(t - t32, dtype=torch.float32))
+    inv = float(torch.tensor(1.0 / t, dtype=torch.float32))
+    ok = 2.0 ** -32 <= t32 <= 2.0 ** 32
+    return dict(T=t32, Tlo=tlo, invT=inv, lo=2.0 ** -64 if ok else float("inf"), hi=2.0 ** 64 if ok else 0.0,
+                HAS_T=t != 1.0)
 
 
 def bf16_rne(out: torch.Tensor) -> bool:
@@ -221,9 +235,10 @@ def row_stride(x2d: torch.Tensor) -> int:
     return x2d.stride(0) if x2d.shape[0] > 1 else x2d.shape[1]
 
 
-def logprobs(logits2d, targets1d, temperature=1.0, with_entropy=False, want_stats=True):
+def logprobs(logits2d, targets1d, temperature=1.0, with_entropy=False, want_stats=True, logp_lo=None):
     """logits2d (N, V) fp32/bf16/fp16 with unit vocab stride, targets1d (N,) int64 ->
-    logp (N,), stats (N, 2) [m, log s] or None, entropy (N,) or None, all float32."""
+    logp (N,), stats (N, 2) [m, log s] or None, entropy (N,) or None, all float32. logp_lo (N,) float32,
+    optional, receives logp's rounding residual."""
     N, V = logits2d.shape
     f32 = dict(dtype=torch.float32, device=logits2d.device)
     logp = torch.empty(N, **f32)
@@ -233,8 +248,9 @@ def logprobs(logits2d, targets1d, temperature=1.0, with_entropy=False, want_stat
         return logp, stats, ent
     block_v, rows, warps = row_config(V, logits2d.element_size())
     _logprobs_kernel[(triton.cdiv(N, rows),)](
-        logits2d, targets1d, logp, logp if stats is None else stats, logp if ent is None else ent, N, V,
-        row_stride(logits2d), **temperature_args(temperature), WITH_STATS=want_stats, WITH_ENT=with_entropy,
+        logits2d, targets1d, logp, logp if stats is None else stats, logp if ent is None else ent,
+        logp if logp_lo is None else logp_lo, N, V, row_stride(logits2d), **temperature_args(temperature),
+        WITH_STATS=want_stats, WITH_ENT=with_entropy, WITH_LO=logp_lo is not None,
         BLOCK_V=block_v, ROWS=rows, num_warps=warps)
     return logp, stats, ent
 

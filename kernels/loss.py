@@ -115,6 +115,23 @@ def _head_inputs(logp_in, old_lp, samp_lp, mask_in, idx, ok, HAS_OLD: tl.constex
 
 
 @triton.jit
+def _head_inputs64(logp_in, lo_in, old_lp, samp_lp, mask_in, idx, ok, HAS_OLD: tl.constexpr,
+                   HAS_SAMP: tl.constexpr, HAS_LO: tl.constexpr):
+    """_head_inputs in fp64 for the sequence sums, logp unrounded (logp + its residual) when HAS_LO."""
+    lp = tl.load(logp_in + idx, mask=ok, other=0.0).to(tl.float64)
+    if HAS_LO:
+        lp += tl.load(lo_in + idx, mask=ok, other=0.0).to(tl.float64)
+    old = lp
+    if HAS_OLD:
+        old = tl.load(old_lp + idx, mask=ok, other=0.0).to(tl.float64)
+    samp = old
+    if HAS_SAMP:
+        samp = tl.load(samp_lp + idx, mask=ok, other=0.0).to(tl.float64)
+    msk = tl.load(mask_in + idx, mask=ok, other=0.0).to(tl.float64)
+    return lp, old, samp, msk
+
+
+@triton.jit
 def _tok_weight(old, samp, w_seq, is_cap, IS_MODE: tl.constexpr, SEQ_IS: tl.constexpr):
     """The IS weight of each token: the sequence's, a token-level one, or 1."""
     if SEQ_IS:
@@ -129,7 +146,7 @@ def _tok_weight(old, samp, w_seq, is_cap, IS_MODE: tl.constexpr, SEQ_IS: tl.cons
 # --- @triton.jit kernels ------------------------------------------------------------------------------
 @triton.jit
 def _fused_loss_kernel(logits, targets, logp_out, stats_out, ent_out, tok_loss_out, g_out, old_lp, ref_lp, samp_lp,
-                       coef_in, mask_in, adv, dlogits, N, V, T_seq, stride, out_stride, T, invT, lo, hi,
+                       coef_in, mask_in, adv, dlogits, N, V, T_seq, stride, out_stride, T, Tlo, invT, lo, hi,
                        eps_low, eps_high, dual_clip, beta, is_cap,
                        HAS_T: tl.constexpr, WITH_ENT: tl.constexpr, HAS_OLD: tl.constexpr, HAS_REF: tl.constexpr,
                        HAS_SAMP: tl.constexpr, IS_MODE: tl.constexpr, KL: tl.constexpr, HAS_BETA: tl.constexpr,
@@ -162,8 +179,8 @@ def _fused_loss_kernel(logits, targets, logp_out, stats_out, ent_out, tok_loss_o
         samp_in = tl.zeros([ROWS], tl.float32)
     # A program whose rows are all masked skips the row loop (V_eff = 0): m = -inf, s = t = 0, zeroed below.
     V_eff = tl.where(tl.max(live.to(tl.int32), axis=0) > 0, V, 0)
-    m, s, t = _row_stats(row_ptr, live, V_eff, T, invT, lo, hi, HAS_T, WITH_ENT, BLOCK_V, ROWS)
-    logp, logs, ent = _finish_stats(x_t, m, s, t, T, invT, lo, hi, HAS_T)
+    m, s, t = _row_stats(row_ptr, live, V_eff, T, Tlo, invT, lo, hi, HAS_T, WITH_ENT, BLOCK_V, ROWS)
+    logp, logs, ent, _ = _finish_stats(x_t, m, s, t, T, Tlo, invT, lo, hi, HAS_T)
     logp = tl.where(live, logp, 0.0)
     m = tl.where(live, m, 0.0)
     logs = tl.where(live, logs, 0.0)
@@ -192,13 +209,13 @@ def _fused_loss_kernel(logits, targets, logp_out, stats_out, ent_out, tok_loss_o
     if WRITE_GRAD:
         tl.debug_barrier()  # x_t was read by every thread before any thread writes the row (in place)
         zero = tl.zeros([ROWS], tl.float32)
-        _grad_pass(row_ptr, dlogits + rows64 * out_stride, row_ok, tgt, x_t, m, logs, zero, g, zero, V, T, invT,
+        _grad_pass(row_ptr, dlogits + rows64 * out_stride, row_ok, tgt, x_t, m, logs, zero, g, zero, V, T, Tlo, invT,
                    lo, hi, HAS_T, False, True, BF16_RNE, BLOCK_V, ROWS)
 
 
 @triton.jit
-def _seq_head_kernel(logp_in, old_lp, ref_lp, samp_lp, mask_in, coef_in, adv, tok_loss_out, g_out, T_seq,
-                     eps_low, eps_high, dual_clip, beta, is_cap,
+def _seq_head_kernel(logp_in, lo_in, old_lp, ref_lp, samp_lp, mask_in, coef_in, adv, tok_loss_out, g_out, T_seq,
+                     eps_low, eps_high, dual_clip, beta, is_cap, HAS_LO: tl.constexpr,
                      HAS_OLD: tl.constexpr, HAS_REF: tl.constexpr, HAS_SAMP: tl.constexpr, IS_MODE: tl.constexpr,
                      KL: tl.constexpr, HAS_BETA: tl.constexpr, HAS_DUAL: tl.constexpr, SEQ_RATIO: tl.constexpr,
                      BLOCK_T: tl.constexpr):
@@ -218,11 +235,10 @@ def _seq_head_kernel(logp_in, old_lp, ref_lp, samp_lp, mask_in, coef_in, adv, to
         for t0 in range(0, T_seq, BLOCK_T):
             offs = t0 + offs0
             ok = offs < T_seq
-            lp, old, samp, msk = _head_inputs(logp_in, old_lp, samp_lp, mask_in, base + offs, ok,
-                                              HAS_OLD, HAS_SAMP)
-            m64 = msk.to(tl.float64)
-            lr += m64 * (lp.to(tl.float64) - old.to(tl.float64))
-            isr += m64 * (old.to(tl.float64) - samp.to(tl.float64))
+            lp, old, samp, m64 = _head_inputs64(logp_in, lo_in, old_lp, samp_lp, mask_in, base + offs, ok,
+                                                HAS_OLD, HAS_SAMP, HAS_LO)
+            lr += m64 * (lp - old)
+            isr += m64 * (old - samp)
             cnt += m64
         n = tl.sum(cnt, axis=0)
         n_cl = tl.where(n < 1.0, 1.0, n.to(tl.float32))
@@ -309,17 +325,19 @@ def fused_loss(logits2d, targets1d, coef, adv, old, ref, samp, *, mask, T_seq, e
 
 
 def sequence_head(logp, mask, coef, adv, old, ref, samp, *, eps_low, eps_high, dual_clip, beta, kl, ratio_level,
-                  is_mode, is_cap):
+                  is_mode, is_cap, logp_lo=None):
     """head_sequence for every sequence: logp/mask/coef/old/ref/samp (B, T) float32 (old/ref/samp may be
-    None), adv (B,) float32 -> tok_loss (B, T), g (B, T) float32 (g = dLoss/dlogp, coef folded in)."""
+    None), adv (B,) float32 -> tok_loss (B, T), g (B, T) float32 (g = dLoss/dlogp, coef folded in).
+    logp_lo (B * T,) float32 or None: logp's rounding residual, read by the sequence sums."""
     B, T_seq = mask.shape
     tok_loss, g = torch.empty_like(mask), torch.empty_like(mask)
     if B * T_seq == 0:
         return tok_loss, g
     block_t = max(16, min(1024, triton.next_power_of_2(T_seq)))
     _seq_head_kernel[(B,)](
-        logp, mask if old is None else old, mask if ref is None else ref, mask if samp is None else samp, mask, coef,
-        adv, tok_loss, g, T_seq, **_head_args(eps_low, eps_high, dual_clip, beta, is_cap, kl, is_mode),
+        logp, mask if logp_lo is None else logp_lo, mask if old is None else old, mask if ref is None else ref,
+        mask if samp is None else samp, mask, coef, adv, tok_loss, g, T_seq,
+        **_head_args(eps_low, eps_high, dual_clip, beta, is_cap, kl, is_mode), HAS_LO=logp_lo is not None,
         HAS_OLD=old is not None, HAS_REF=ref is not None, HAS_SAMP=samp is not None,
         SEQ_RATIO=int(ratio_level) == RATIO_SEQUENCE, BLOCK_T=block_t, num_warps=4 if block_t >= 512 else 2)
     return tok_loss, g

@@ -81,3 +81,26 @@ def test_logprobs_strided_rows(seed):
     ref.sum().backward()
     torch.testing.assert_close(lp, ref, rtol=0, atol=2e-6)
     torch.testing.assert_close(y.grad, x.grad, rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("backend,N", [("cpu", 8192), ("triton", 1024)])
+@pytest.mark.parametrize("temperature", [1.3, 0.7])
+def test_temperature_leaves_no_bias(seed, backend, N, temperature):
+    """Logits are divided by the exact (fp64) temperature: the signed error of logp averages to ~0, and
+    logp + logp_lo (its rounding residual) is closer to the fp64 logp than logp. Dividing by fp32(T)
+    instead scales every z by the same 1 + O(3e-8): that biased logp by -0.15 (T = 1.3) and -0.12 (T = 0.7)
+    eps * |logp| (measured), a bias that adds up in a sequence sum such as the sequence IS weight."""
+    from grpo.ops.logprobs import launch_logprobs
+    V = 1000
+    logits = torch.randn(N, V) * 3.0
+    targets = torch.randint(0, V, (N,))
+    lo = torch.empty(N)
+    lp, _, _ = launch_logprobs(logits, targets, temperature, False, backend=backend, logp_lo=lo)
+    ref = token_logprobs_ref(logits.double(), targets, temperature=temperature)
+    keep = ref.abs() > 1.0  # errors in units of eps * |logp|: away from logp ~ 0, where that unit vanishes
+    unit = torch.finfo(torch.float32).eps * ref.abs()
+    err = ((lp.double() - ref) / unit)[keep]
+    err_lo = ((lp.double() + lo.double() - ref) / unit)[keep]
+    assert abs(err.mean()) < 0.075 and abs(err_lo.mean()) < 0.075, \
+        f"logp bias {err.mean():.4f} (unrounded {err_lo.mean():.4f}) eps*|logp|: fp32 temperature?"
+    assert err_lo.square().mean() < 0.5 * err.square().mean(), "logp_lo does not hold logp's rounding residual"

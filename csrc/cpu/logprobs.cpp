@@ -14,7 +14,7 @@ static void logprobs_impl(const LogprobParams& p, int num_threads) {
     const T* row = logits + n * p.row_stride;
     const RowSums st = p.entropy ? row_stats<true>(row, p.V, p.temperature) : row_stats<false>(row, p.V, p.temperature);
     const float logs = st.logs();
-    p.logp[n] = target_logp(scale_logit(load(row, p.targets[n]), p.temperature), st.m, st.s);
+    p.logp[n] = target_logp(load(row, p.targets[n]), p.temperature, st.m, st.s, p.logp_lo ? p.logp_lo + n : nullptr);
     if (p.stats) {
       p.stats[2 * n] = st.m;
       p.stats[2 * n + 1] = logs;

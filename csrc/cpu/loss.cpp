@@ -16,11 +16,11 @@ void loss_head(const LossHeadParams& p, int num_threads) {
 }
 
 // The per-token head for row n from its statistics: logp (and stats, entropy) written; returns g.
-static float row_head(const FusedLossParams& fp, int64_t n, const RowSums& st, float z_t) {
+static float row_head(const FusedLossParams& fp, int64_t n, const RowSums& st, float x_t) {
   const LogprobParams& lp = fp.lp;
   const LossHeadParams& h = fp.head;
   const float logs = st.logs();
-  const float logp = target_logp(z_t, st.m, st.s);
+  const float logp = target_logp(x_t, lp.temperature, st.m, st.s);
   lp.logp[n] = logp;
   if (lp.stats) {
     lp.stats[2 * n] = st.m;
@@ -59,20 +59,20 @@ static void fused_row_with_grad(const FusedLossParams& fp, int64_t n, float* scr
   T* out = static_cast<T*>(fp.dlogits) + n * fp.grad_row_stride;
   const int64_t target = lp.targets[n];
   if (skip_masked(fp, n)) return row_grad(row, out, lp.V, target, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 1.0f);  // zeros
-  const float z_t = scale_logit(load(row, target), lp.temperature);  // before `out` (maybe `row`) is written
+  const float x_t = load(row, target);  // before `out` (maybe `row`) is written
   bool has_nan;
   const float m = row_max(row, lp.V, lp.temperature, &has_nan);
   if (has_nan || std::isinf(m)) {
     const RowSums st = lp.entropy ? row_stats<true>(row, lp.V, lp.temperature)
                                    : row_stats<false>(row, lp.V, lp.temperature);
-    const float g = row_head(fp, n, st, z_t);
+    const float g = row_head(fp, n, st, x_t);
     row_grad(row, out, lp.V, target, st.m, st.logs(), 0.0f, g, 0.0f, lp.temperature);
     return;
   }
   float* e = std::is_same<T, float>::value ? reinterpret_cast<float*>(out) : scratch;
   const RowSums st = lp.entropy ? row_exp<true>(row, e, lp.V, m, lp.temperature)
                                  : row_exp<false>(row, e, lp.V, m, lp.temperature);
-  const float g = row_head(fp, n, st, z_t);
+  const float g = row_head(fp, n, st, x_t);
   row_scale_grad(e, out, lp.V, target, st.s, g, lp.temperature);
 }
 
@@ -87,7 +87,7 @@ static void fused_loss_impl(const FusedLossParams& fp, int num_threads) {
       const T* row = logits + n * lp.row_stride;
       const RowSums st = lp.entropy ? row_stats<true>(row, lp.V, lp.temperature)
                                      : row_stats<false>(row, lp.V, lp.temperature);
-      row_head(fp, n, st, scale_logit(load(row, lp.targets[n]), lp.temperature));
+      row_head(fp, n, st, load(row, lp.targets[n]));
     }
     return;
   }

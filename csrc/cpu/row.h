@@ -2,7 +2,11 @@
 // pass, written with explicit 8-wide vectors.
 #pragma once
 #include <cstdint>
+#include <cmath>
 #include <cstring>
+#if defined(__FMA__)
+#include <immintrin.h>
+#endif
 
 #include "../grpo_math.h"
 
@@ -112,15 +116,34 @@ inline double hsum(vf v) {
   return s;
 }
 
-// Logits scaling by 1/T: none at T = 1, else a correctly rounded division (as torch's logits / T).
+// a * b + c with one rounding, lane-wise.
+inline vf vfma(vf a, vf b, vf c) {
+#if defined(__FMA__)
+  return (vf)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
+#else
+  vf o;
+  for (int l = 0; l < kW; ++l) o[l] = std::fma(a[l], b[l], c[l]);
+  return o;
+#endif
+}
+
+// Logits scaling: none at T = 1, else z = x / T rounded once for the double T (grpo_math.h scale_logit,
+// lane-wise: one multiply and three fmas instead of a division).
 struct NoScale {
   vf operator()(vf x) const { return x; }
   float operator()(float x) const { return x; }
 };
 struct DivScale {
-  float T;
-  vf operator()(vf x) const { return opaque(x / T); }
-  float operator()(float x) const { return x / T; }
+  TempScale s;
+  vf operator()(vf x) const {
+    const vf q = opaque(x * s.y);
+    const vf r = vfma(-q, splat(s.T_lo), vfma(-q, splat(s.T_hi), x));
+    vi xi;
+    std::memcpy(&xi, &x, sizeof x);
+    const vf ax = as_vf(xi & 0x7fffffff);
+    return opaque((ax >= s.lo) & (ax <= s.hi) ? vfma(splat(s.y), r, q) : q);
+  }
+  float operator()(float x) const { return scale_logit(x, s); }
 };
 
 // Softmax statistics of z = row / T: max, sum exp(z - m) and (kEntropy) sum exp(z - m)(z - m). The max
@@ -198,22 +221,22 @@ RowSums row_stats_impl(const T* row, int64_t V, S scale) {
 }
 
 template <bool kEntropy, typename T>
-RowSums row_stats(const T* row, int64_t V, float temperature) {
-  if (temperature == 1.0f) return row_stats_impl<kEntropy>(row, V, NoScale{});
-  return row_stats_impl<kEntropy>(row, V, DivScale{temperature});
+RowSums row_stats(const T* row, int64_t V, double temperature) {
+  if (temperature == 1.0) return row_stats_impl<kEntropy>(row, V, NoScale{});
+  return row_stats_impl<kEntropy>(row, V, DivScale{temp_scale(temperature)});
 }
 
 // dlogits row: (g_logp * (onehot - p) - g_ent * p (log p + H)) / T. `out` may alias `row`.
 template <typename T, typename S>
 void row_grad_impl(const T* row, T* out, int64_t V, int64_t target, float m, float logs, float H, float g_logp,
-                   float g_ent, float temperature, S scale) {
+                   float g_ent, double temperature, S scale) {
   const int64_t Vv = V - V % kW;
   if (g_logp == 0.0f && g_ent == 0.0f) {
     for (int64_t j = 0; j < Vv; j += kW) vstore(out + j, splat(0.0f));
     for (int64_t j = Vv; j < V; ++j) store(out, j, 0.0f);
     return;
   }
-  const float a = -g_logp / temperature, b = -g_ent / temperature;
+  const float a = (float)(-(double)g_logp / temperature), b = (float)(-(double)g_ent / temperature);
   const float z_t = scale(load(row, target));
   const vf zero = splat(0.0f);
   if (g_ent == 0.0f) {  // the loss backward: no entropy term
@@ -236,14 +259,14 @@ void row_grad_impl(const T* row, T* out, int64_t V, int64_t target, float m, flo
   const float lpt = (z_t - m) - logs;
   const float pt = fexp(lpt);
   const float ent_t = pt > 0.0f ? pt * (lpt + H) : 0.0f;
-  store(out, target, g_logp * (1.0f - pt) / temperature + b * ent_t);
+  store(out, target, (float)((double)(g_logp * (1.0f - pt)) / temperature) + b * ent_t);
 }
 
 template <typename T>
 void row_grad(const T* row, T* out, int64_t V, int64_t target, float m, float logs, float H, float g_logp,
-              float g_ent, float temperature) {
-  if (temperature == 1.0f) return row_grad_impl(row, out, V, target, m, logs, H, g_logp, g_ent, 1.0f, NoScale{});
-  row_grad_impl(row, out, V, target, m, logs, H, g_logp, g_ent, temperature, DivScale{temperature});
+              float g_ent, double temperature) {
+  if (temperature == 1.0) return row_grad_impl(row, out, V, target, m, logs, H, g_logp, g_ent, 1.0f, NoScale{});
+  row_grad_impl(row, out, V, target, m, logs, H, g_logp, g_ent, temperature, DivScale{temp_scale(temperature)});
 }
 
 // The fused loss's one-exp gradient path (forward and backward of one row while it is in cache), for rows
@@ -252,24 +275,24 @@ void row_grad(const T* row, T* out, int64_t V, int64_t target, float m, float lo
 // pass 3 writes c e_j with c = -g / (T s), one rounding per element. One exp per element instead of two
 // (the statistics pass and the gradient pass each took one), and p_j = e_j / s without log s's rounding.
 template <typename T>
-float row_max(const T* row, int64_t V, float temperature, bool* has_nan) {
-  if (temperature == 1.0f) return row_max(row, V, NoScale{}, has_nan);
-  return row_max(row, V, DivScale{temperature}, has_nan);
+float row_max(const T* row, int64_t V, double temperature, bool* has_nan) {
+  if (temperature == 1.0) return row_max(row, V, NoScale{}, has_nan);
+  return row_max(row, V, DivScale{temp_scale(temperature)}, has_nan);
 }
 
 template <bool kEntropy, typename T>
-RowSums row_exp(const T* row, float* e, int64_t V, float m, float temperature) {
-  if (temperature == 1.0f) return row_sum_exp<kEntropy, true>(row, e, V, m, NoScale{});
-  return row_sum_exp<kEntropy, true>(row, e, V, m, DivScale{temperature});
+RowSums row_exp(const T* row, float* e, int64_t V, float m, double temperature) {
+  if (temperature == 1.0) return row_sum_exp<kEntropy, true>(row, e, V, m, NoScale{});
+  return row_sum_exp<kEntropy, true>(row, e, V, m, DivScale{temp_scale(temperature)});
 }
 
 // out_j = c e_j (c = -g / (T s)); out[target] = g (1 - p_t) / T. `out` may alias `e` (float rows).
 template <typename T>
-void row_scale_grad(const float* e, T* out, int64_t V, int64_t target, double s, float g, float temperature) {
+void row_scale_grad(const float* e, T* out, int64_t V, int64_t target, double s, float g, double temperature) {
   const int64_t Vv = V - V % kW;
   const float c = (float)(-(double)g / ((double)temperature * s));
   const float p_t = (float)((double)e[target] / s);
-  const float v_t = g * (1.0f - p_t) / temperature;
+  const float v_t = (float)((double)(g * (1.0f - p_t)) / temperature);
   for (int64_t j = 0; j < Vv; j += kW) vstore(out + j, c * vload(e + j));
   for (int64_t j = Vv; j < V; ++j) store(out, j, c * e[j]);
   store(out, target, v_t);

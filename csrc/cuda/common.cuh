@@ -88,31 +88,18 @@ __device__ __forceinline__ float exp_row(float x) {
   return y;
 }
 
-// z = x / T as scale_logit, split by type so T = 1 costs nothing in the loops. DivScale: q = x y,
-// r = x - q T (exact by fma), q + r y, with y = RN(1/T) computed once per row. By Markstein's theorem that
-// is the correctly rounded quotient, i.e. bit-identical to scale_logit's __fdiv_rn, whenever no step
-// overflows or goes subnormal: we take it for 2^-64 <= |x| <= 2^64 and 2^-32 <= T <= 2^32 (checked on
-// 2e8 random pairs with a C twin). Outside that it returns x y: exact for x = 0, +-inf and NaN, within an
-// ulp otherwise. __fdiv_rn itself runs the same correction but keeps a per-element slow-path call whose
-// calling convention spilled registers in the hot loops.
+// z = x / T as grpo_math.h scale_logit (the double temperature as an fp32 pair; q = x y, two fma
+// remainders, q + r y), split by type so T = 1 costs nothing in the loops. With T_lo = 0 that is
+// Markstein's correctly rounded quotient, bit-identical to __fdiv_rn (checked on 2e8 random pairs with a
+// C twin); __fdiv_rn itself keeps a per-element slow-path call whose calling convention spilled registers
+// in the hot loops.
 struct NoScale {
   __device__ __forceinline__ float operator()(float x) const { return x; }
 };
 struct DivScale {
-  float T, y, lo, hi;
-  __device__ __forceinline__ explicit DivScale(float t) {
-    T = t;
-    y = __fdiv_rn(1.0f, t);
-    const bool ok = t >= 0x1p-32f && t <= 0x1p32f;
-    lo = ok ? 0x1p-64f : INFINITY;
-    hi = ok ? 0x1p64f : 0.0f;
-  }
-  __device__ __forceinline__ float operator()(float x) const {
-    const float q = __fmul_rn(x, y);
-    const float r = __fmaf_rn(-q, T, x);
-    const float ax = fabsf(x);
-    return ax >= lo && ax <= hi ? __fmaf_rn(y, r, q) : q;
-  }
+  TempScale s;
+  __device__ __forceinline__ explicit DivScale(double t) : s(temp_scale(t)) {}
+  __device__ __forceinline__ float operator()(float x) const { return scale_logit(x, s); }
 };
 
 // Fold K scaled logits into a thread's (m, s, t): one max and at most one rescale per vector, then the
@@ -265,8 +252,8 @@ __device__ __forceinline__ void walk_row(const T* row, int V, int lane, FV&& vec
 }
 
 template <typename F>
-__device__ __forceinline__ void with_scale(float temperature, F&& f) {
-  if (temperature == 1.0f) {
+__device__ __forceinline__ void with_scale(double temperature, F&& f) {
+  if (temperature == 1.0) {
     f(NoScale{});
   } else {
     f(DivScale(temperature));
@@ -293,7 +280,7 @@ __device__ __forceinline__ RowStats row_stats_part(const T* row, int V, int lane
 }
 
 template <typename T, int kThreads>
-__device__ __forceinline__ RowStats row_stats(const T* row, int V, int lane, float temperature, bool entropy) {
+__device__ __forceinline__ RowStats row_stats(const T* row, int V, int lane, double temperature, bool entropy) {
   RowStats st;
   with_scale(temperature, [&](auto scale) {
     st = entropy ? row_stats_part<true, T, kThreads>(row, V, lane, scale)
@@ -310,9 +297,9 @@ __device__ __forceinline__ RowStats row_stats(const T* row, int V, int lane, flo
 template <bool kEnt, typename T, int kThreads, typename S>
 __device__ __forceinline__ void row_grad_part(const T* row, T* out, int V, int lane, int target, float x_t,
                                               float m, float logs, float H, float g_logp, float g_ent,
-                                              float temperature, S scale) {
+                                              double temperature, S scale) {
   constexpr int kN = Vec<T>::kN;
-  const float a = -g_logp / temperature, b = -g_ent / temperature;
+  const float a = (float)(-(double)g_logp / temperature), b = (float)(-(double)g_ent / temperature);
   auto ent = [&](float p, float zl) { return kEnt ? b * (p > 0.0f ? p * (zl + H) : 0.0f) : 0.0f; };
   auto elem = [&](float x) {
     const float zl = (scale(x) - m) - logs;  // log p_j; the max comes off first so p keeps its precision
@@ -320,7 +307,8 @@ __device__ __forceinline__ void row_grad_part(const T* row, T* out, int V, int l
     return kEnt ? a * p + ent(p, zl) : a * p;
   };
   const float zl_t = (scale(x_t) - m) - logs, p_t = exp_row(zl_t);
-  const float v_t = kEnt ? g_logp * (1.0f - p_t) / temperature + ent(p_t, zl_t) : g_logp * (1.0f - p_t) / temperature;
+  const float v_g = (float)((double)(g_logp * (1.0f - p_t)) / temperature);
+  const float v_t = kEnt ? v_g + ent(p_t, zl_t) : v_g;
   const bool vec_out = (reinterpret_cast<uintptr_t>(out + head_elems(row, V)) & 15u) == 0;
   walk_row<T, kThreads>(
       row, V, lane,
@@ -358,7 +346,7 @@ __device__ __forceinline__ void row_zero(T* out, int V, int lane) {
 // dlogits of one row from its saved statistics (m, log s) and, for the entropy term, H.
 template <typename T, int kThreads>
 __device__ __forceinline__ void row_grad(const T* row, T* out, int V, int lane, int target, float x_t,
-                                         float m, float logs, float H, float g_logp, float g_ent, float temperature) {
+                                         float m, float logs, float H, float g_logp, float g_ent, double temperature) {
   if (g_logp == 0.0f && g_ent == 0.0f) return row_zero<T, kThreads>(out, V, lane);
   with_scale(temperature, [&](auto scale) {
     if (g_ent == 0.0f)

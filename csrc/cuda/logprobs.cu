@@ -20,7 +20,7 @@ __global__ void __launch_bounds__(Slots<kThreads>::kBlock, Slots<kThreads>::kMin
     const RowStats st = row_stats<T, kThreads>(row, (int)p.V, lane, p.temperature, p.entropy != nullptr);
     if (lane == 0) {
       const float logs = row_logs(st);
-      p.logp[n] = target_logp(scale_logit(x_t, p.temperature), st.m, (double)st.s);
+      p.logp[n] = target_logp(x_t, p.temperature, st.m, (double)st.s, p.logp_lo ? p.logp_lo + n : nullptr);
       if (p.stats) {
         p.stats[2 * n] = st.m;
         p.stats[2 * n + 1] = logs;

@@ -74,7 +74,7 @@ __global__ void __launch_bounds__(Slots<kThreads>::kBlock, Slots<kThreads>::kMin
     const float logs = row_logs(st);
     float shared[2] = {0.0f, x_t};  // g, x_t
     if (lane == 0) {
-      const float logp = target_logp(scale_logit(x_t, lp.temperature), st.m, (double)st.s);
+      const float logp = target_logp(x_t, lp.temperature, st.m, (double)st.s);
       lp.logp[n] = logp;
       if (lp.stats) {
         lp.stats[2 * n] = st.m;

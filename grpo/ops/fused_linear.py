@@ -190,17 +190,18 @@ def _sequence_sweeps(h2d, weight, bias, t1d, m, coef, adv, old, ref, samp, confi
     want_grad = any(x is not None for x in grads)
     stats = torch.empty(N, 2, dtype=torch.float32, device=h2d.device) if want_grad else None
     buf = torch.empty(min(chunk, N), weight.shape[0], dtype=h2d.dtype, device=h2d.device)
+    lo = torch.empty(N, dtype=torch.float32, device=h2d.device)  # logp's rounding residual, for the sums
     bounds = chunk_bounds(N, chunk)
     for s, e in bounds:
         lg = _chunk_logits(h2d, weight, bias, s, e, buf)
         lp, st, en = launch_logprobs(lg, t1d[s:e], config.temperature, ent is not None, want_stats=want_grad,
-                                     backend=backend)
+                                     backend=backend, logp_lo=lo[s:e])
         logp[s:e] = lp
         if want_grad:
             stats[s:e] = st
         if ent is not None:
             ent[s:e] = en
-    tl, g = launch_loss_head(logp, m, coef, adv, old, ref, samp, config, backend)
+    tl, g = launch_loss_head(logp, m, coef, adv, old, ref, samp, config, backend, logp_lo=lo)
     tok_loss.copy_(tl)
     if not want_grad:
         return

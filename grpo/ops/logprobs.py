@@ -34,13 +34,14 @@ def token_logprobs_ref(logits, targets, *, temperature=1.0, with_entropy=False):
 
 
 # --- launchers ----------------------------------------------------------------------------------------
-def launch_logprobs(logits2d, targets1d, temperature, with_entropy, want_stats=True, backend="cpu"):
+def launch_logprobs(logits2d, targets1d, temperature, with_entropy, want_stats=True, backend="cpu", logp_lo=None):
     """(N, V) logits, (N,) int64 targets -> logp (N,), stats (N, 2) [row max, log sum exp(z - max)],
     entropy (N,), all float32 (stats/entropy may be None). `backend`: a resolved one ("cpu", "cuda",
-    "triton"); "cpu" and "cuda" both go to grpo._C, which picks the device from the tensor."""
+    "triton"); "cpu" and "cuda" both go to grpo._C, which picks the device from the tensor. `logp_lo`
+    (N,) float32, optional, receives logp's rounding residual (logp + logp_lo is the unrounded value)."""
     if backend == "triton":
         from grpo.kernels import logprobs as tk
-        return tk.logprobs(logits2d, targets1d, temperature, with_entropy, want_stats)
+        return tk.logprobs(logits2d, targets1d, temperature, with_entropy, want_stats, logp_lo=logp_lo)
     N, V = logits2d.shape
     f32 = dict(dtype=torch.float32, device=logits2d.device)
     logp = torch.empty(N, **f32)
@@ -50,7 +51,7 @@ def launch_logprobs(logits2d, targets1d, temperature, with_entropy, want_stats=T
         **_backend.launch_args(logits2d), logits=logits2d.data_ptr(), targets=targets1d.data_ptr(),
         logp=logp.data_ptr(), stats=_backend.ptr(stats), entropy=_backend.ptr(ent), N=N, V=V,
         row_stride=_checks.row_stride(logits2d), temperature=float(temperature),
-        dtype=_checks.KERNEL_DTYPE_CODES[logits2d.dtype])
+        dtype=_checks.KERNEL_DTYPE_CODES[logits2d.dtype], logp_lo=_backend.ptr(logp_lo))
     return logp, stats, ent
 
 

@@ -96,21 +96,23 @@ def _ratio_code(config: LossConfig) -> int:
     return RATIO_LEVELS.get(config.ratio_level).code
 
 
-def launch_loss_head(logp, mask, coef, adv, old, ref, samp, config: LossConfig, backend="cpu"):
+def launch_loss_head(logp, mask, coef, adv, old, ref, samp, config: LossConfig, backend="cpu", logp_lo=None):
     """The per-sequence GRPO head over all tokens (needed first by sequence-level ratios and IS weights):
-    logp (N,), mask / coef / old / ref / samp (B, T), adv (B,), all float32 -> tok_loss (N,), g (N,)."""
+    logp (N,), mask / coef / old / ref / samp (B, T), adv (B,), all float32 -> tok_loss (N,), g (N,).
+    logp_lo (N,), optional: logp's rounding residual from launch_logprobs; the sequence sums then read the
+    unrounded logp (T roundings would otherwise add up in exp(sum), the sequence IS weight)."""
     B, T = mask.shape
     if backend == "triton":
         from grpo.kernels import loss as tk
         tok_loss, g = tk.sequence_head(logp.view(B, T), mask, coef, adv, old, ref, samp,
-                                       ratio_level=_ratio_code(config), **head_options(config))
+                                       ratio_level=_ratio_code(config), logp_lo=logp_lo, **head_options(config))
         return tok_loss.reshape(-1), g.reshape(-1)
     tok_loss, g = torch.empty_like(logp), torch.empty_like(logp)
     _backend.native().loss_head(
         **_backend.launch_args(logp), logp=logp.data_ptr(), old_logp=_backend.ptr(old), ref_logp=_backend.ptr(ref),
         sampling_logp=_backend.ptr(samp), mask=mask.data_ptr(), coef=coef.data_ptr(), advantages=adv.data_ptr(),
         tok_loss=tok_loss.data_ptr(), g_logp=g.data_ptr(), B=B, T=T, ratio_level=_ratio_code(config),
-        **head_options(config))
+        logp_lo=_backend.ptr(logp_lo), **head_options(config))
     return tok_loss, g
 
 
@@ -125,8 +127,10 @@ def launch_loss(logits2d, targets1d, mask, coef, adv, old, ref, samp, config: Lo
         return _launch_fused_loss(logits2d, targets1d, mask, coef, adv, old, ref, samp, config, dlogits, backend)
     # Sequence-level ratio or IS weight: a token's gradient needs its whole sequence first, so row stats ->
     # per-sequence head -> softmax-gradient pass (no [N, V] temporary).
-    logp, stats, ent = launch_logprobs(logits2d, targets1d, config.temperature, config.entropy, True, backend)
-    tok_loss, g = launch_loss_head(logp, mask, coef, adv, old, ref, samp, config, backend)
+    lo = torch.empty(targets1d.shape, dtype=torch.float32, device=logits2d.device)
+    logp, stats, ent = launch_logprobs(logits2d, targets1d, config.temperature, config.entropy, True, backend,
+                                       logp_lo=lo)
+    tok_loss, g = launch_loss_head(logp, mask, coef, adv, old, ref, samp, config, backend, logp_lo=lo)
     if dlogits is not None:
         launch_softmax_grad(logits2d, targets1d, stats, None, g, None, config.temperature, out=dlogits,
                             backend=backend)
