@@ -1,5 +1,5 @@
 // CPU row primitives over one logits row: loads of fp32/bf16/fp16, the statistics pass and the gradient
-// pass, written with explicit 8-wide vectors.
+// pass, written with explicit vectors (16 or 8 lanes).
 #pragma once
 #include <cstdint>
 #include <cmath>
@@ -37,19 +37,30 @@ inline void store(bf16_t* p, int64_t j, float v) {  // round to nearest even; Na
 }
 inline void store(f16_t* p, int64_t j, float v) { p[j].x = (_Float16)v; }
 
-// 8-wide float vectors (gcc vector extensions: AVX2 here, SSE/AVX-512 elsewhere) with the same math as
-// the scalar fexp of grpo_math.h, so the row loops run vectorized whatever the auto-vectorizer decides.
-typedef float vf __attribute__((vector_size(32)));
-typedef int32_t vi __attribute__((vector_size(32)));
-typedef uint32_t vu __attribute__((vector_size(32)));
-typedef uint16_t vu16 __attribute__((vector_size(16)));
-typedef _Float16 vh __attribute__((vector_size(16)));
+// kW-wide float vectors (gcc vector extensions) with the same math as the scalar fexp of grpo_math.h, so
+// the row loops run vectorized whatever the auto-vectorizer decides: 16 lanes (zmm) where AVX-512 is
+// compiled in (the extension is built with -march=native on the machine that runs it), else 8 (ymm on
+// AVX2, two xmm halves elsewhere). The row loops are bound by vector instructions per element (one
+// thread and two threads give the same ns per element per thread), so the wider lanes pay directly.
+#if defined(__AVX512F__)
+constexpr int kW = 16;
+#else
 constexpr int kW = 8;
+#endif
+typedef float vf __attribute__((vector_size(4 * kW)));
+typedef int32_t vi __attribute__((vector_size(4 * kW)));
+typedef uint32_t vu __attribute__((vector_size(4 * kW)));
+typedef uint16_t vu16 __attribute__((vector_size(2 * kW)));
+typedef _Float16 vh __attribute__((vector_size(2 * kW)));
 
 inline vf splat(float x) { return vf{} + x; }
 inline vf opaque(vf v) {  // the vector twin of scale_logit's barrier
-#if defined(__x86_64__) || defined(__i386__)
+#if defined(__AVX512F__)
+  asm("" : "+v"(v));
+#elif defined(__AVX__)
   asm("" : "+x"(v));
+#else  // the vector lives in two registers or in memory: a memory barrier works everywhere
+  asm("" : "+m"(v));
 #endif
   return v;
 }
@@ -70,13 +81,9 @@ inline void vstore(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
 inline void vstore(bf16_t* p, vf v) {
   // Round to nearest even. Arithmetic NaNs are quiet (0x7fc00000 | sign) and stay NaN under the
   // rounding add, so no NaN select is needed here.
-  typedef uint16_t vu16x16 __attribute__((vector_size(32)));
   vi u;
   std::memcpy(&u, &v, sizeof u);
-  vi out = (vi)((vu)(u + 0x7fff + ((u >> 16) & 1)) >> 16);
-  vu16x16 halves;
-  std::memcpy(&halves, &out, sizeof halves);
-  vu16 h = __builtin_shufflevector(halves, halves, 0, 2, 4, 6, 8, 10, 12, 14);  // low 16 bits of each lane
+  vu16 h = __builtin_convertvector((vu)(u + 0x7fff + ((u >> 16) & 1)) >> 16, vu16);  // the top halves
   std::memcpy(p, &h, sizeof h);
 }
 inline void vstore(f16_t* p, vf v) { vh h = __builtin_convertvector(v, vh); std::memcpy(p, &h, sizeof h); }
@@ -118,7 +125,9 @@ inline double hsum(vf v) {
 
 // a * b + c with one rounding, lane-wise.
 inline vf vfma(vf a, vf b, vf c) {
-#if defined(__FMA__)
+#if defined(__AVX512F__)
+  return (vf)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
+#elif defined(__FMA__)
   return (vf)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
 #else
   vf o;
