@@ -5,7 +5,9 @@ torch.compile of the reference, in ms, effective GB/s and % of the measured copy
                                [--providers cpu,torch,compile] [--ops grpo_loss,token_logprobs] [--reps R]
                                [--warmup W] [--out CSV]
 
-Providers: `cpu` / `cuda` / `triton` = grpo.ops with backend=...; `torch` = grpo.ops with backend="torch"
+Providers: `cpu` / `cuda` / `triton` = grpo.ops with backend=...; `cpu-inplace` / `cuda-inplace` /
+`triton-inplace` = grpo_loss(..., inplace=True) on that backend (grpo_loss only; the gradient is written over
+its own copy of the logits, no [N, V] allocation); `torch` = grpo.ops with backend="torch"
 (the eager reference); `compile` = torch.compile(grpo.ops.grpo_loss_ref / token_logprobs_ref); `liger` =
 Liger-Kernel's Triton GRPO loss (liger_kernel.transformers.grpo_loss.triton_grpo_loss, grpo_loss only, CUDA
 only, when liger_kernel is installed; it takes (B, T + 1, V) logits, so it gets its own padded copy made
@@ -35,7 +37,8 @@ OPS = ("grpo_loss", "token_logprobs", "token_logprobs_entropy")
 DEFAULT_OPS = ("grpo_loss", "token_logprobs")  # what a plain run times (the entropy op on request)
 OURS = ("cpu", "cuda", "triton")  # grpo.ops backends; the first one present is the ratios' base
 BACKEND_OF = {"cpu": "cpu", "cuda": "cuda", "triton": "triton", "torch": "torch", "compile": "inductor",
-              "liger": "liger-triton", "trl": "trl"}
+              "liger": "liger-triton", "trl": "trl",
+              "cpu-inplace": "cpu", "cuda-inplace": "cuda", "triton-inplace": "triton"}
 FULL_SHAPES = {"cpu": [(4096, 32000), (1024, 151936)], "cuda": [(16384, 151936), (4096, 32000)]}
 QUICK_SHAPES = {"cpu": [(512, 32000)], "cuda": [(4096, 32000)]}
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
@@ -131,6 +134,38 @@ class LigerLoss:
         return (per_token * self.mask).sum() / self.mask.sum().clamp(min=1.0)
 
 
+class InplaceLoss:
+    """f(logits) for grpo_loss(..., inplace=True) on one of our backends (grpo_loss only): the gradient is
+    written over the logits, so it runs on its own copy of them (made here, outside the timing) and its
+    backward is torch.autograd.grad, as when the logits come from the lm_head and their gradient flows on
+    to the matmul's backward (a leaf's AccumulateGrad would copy a gradient that autograd still holds).
+    After its first call the copy holds a gradient, which the next calls read as logits: the same rows and
+    masks, the same work. `grad` keeps the last gradient for evaluate()."""
+
+    def __init__(self, backend: str, batch: dict):
+        self.backend, self.batch, self.grad = backend, batch, None
+        self.buf = batch["logits"].clone()
+
+    def __call__(self, x):
+        b, leaf = self.batch, self.buf.detach().requires_grad_(x.requires_grad)
+        loss = ops.grpo_loss(leaf, b["targets"], b["mask"], b["advantages"], old_logp=b["old_logp"],
+                             config=LossConfig(), backend=self.backend, inplace=True).loss
+        return _GradOf(loss, leaf, self)
+
+
+class _GradOf:
+    """A loss whose .backward() is torch.autograd.grad into the owner's `grad` (see InplaceLoss)."""
+
+    def __init__(self, loss, leaf, owner):
+        self.loss, self.leaf, self.owner = loss, leaf, owner
+
+    def backward(self):
+        (self.owner.grad,) = torch.autograd.grad(self.loss, self.leaf)
+
+    def detach(self):
+        return self.loss.detach()
+
+
 def make_fns(op: str, names: list, batch: dict) -> dict:
     """name -> f(logits) for the requested providers: the loss tensor (grpo_loss) or logp (token_logprobs).
     `compile` wraps the reference function itself (dynamic=False, one graph per shape and dtype)."""
@@ -138,6 +173,10 @@ def make_fns(op: str, names: list, batch: dict) -> dict:
     t, m, a, old = batch["targets"], batch["mask"], batch["advantages"], batch["old_logp"]
     fns = {}
     for name in names:
+        if name.endswith("-inplace"):
+            if op == "grpo_loss":  # a gradient written over the logits: the loss only
+                fns[name] = InplaceLoss(BACKEND_OF[name], batch)
+            continue
         if name == "liger":
             if op == "grpo_loss":  # Liger has no selective-logprob op with this API: grpo_loss only
                 fns[name] = LigerLoss(liger_grpo_loss(), batch)
@@ -194,6 +233,8 @@ def evaluate(op: str, f, logits) -> tuple:
         loss.backward()
         if isinstance(f, LigerLoss):  # its own padded leaf: the gradient of our T positions
             return loss.detach().float(), f.leaf.grad[:, :-1]
+        if isinstance(f, InplaceLoss):
+            return loss.detach().float(), f.grad
         return loss.detach().float(), x.grad
     with torch.no_grad():
         return f(logits).float(), None
@@ -339,8 +380,8 @@ def parse_args(argv=None):
     p.add_argument("--shapes", default=None, help="comma-separated NxV, e.g. 4096x32000,1024x151936")
     p.add_argument("--dtypes", default="fp32,bf16", help="comma-separated: fp32, bf16, fp16")
     p.add_argument("--providers", default=None,
-                   help="comma-separated from cpu, cuda, triton, liger, trl, torch, compile (default: ours, the "
-                        "installed peers, torch, compile)")
+                   help="comma-separated from cpu, cuda, triton, cpu-inplace, cuda-inplace, triton-inplace, "
+                        "liger, trl, torch, compile (default: ours, the installed peers, torch, compile)")
     p.add_argument("--ops", default=",".join(DEFAULT_OPS), help="comma-separated from " + ", ".join(OPS))
     p.add_argument("--reps", type=int, default=None, help="timed rounds per provider (default 15, quick 5)")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls per provider (the first one checks)")
@@ -354,6 +395,7 @@ def parse_args(argv=None):
     a.device = a.device or common.default_device()
     dev = torch.device(a.device).type
     ours = ["cpu"] if dev == "cpu" else ["cuda"] + (["triton"] if ops._backend.triton_available() else [])
+    ours += [f"{ours[-1]}-inplace"]  # the default backend with inplace=True (grpo_loss only)
     peers = ["liger"] if dev == "cuda" and liger_grpo_loss() is not None else []
     peers += ["trl"] if trl_logprob_fns() is not None else []
     a.providers = a.providers.split(",") if a.providers else ours + peers + ["torch", "compile"]

@@ -189,3 +189,68 @@ def test_no_grad_forward_and_inplace_safety(seed):
                         old_logp=inp["old_logp"].double(), ref_logp=inp["ref_logp"].double(), config=config)
     assert abs(out.loss.item() - ref.loss.item()) < 1e-5
     assert torch.equal(inp["logits"], before)  # the public op never overwrites its input
+
+
+# --- inplace=True: dlogits written over the logits, no [N, V] allocation -------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(2, 3, 1), (4, 5, 7), (3, 2, 4097)])
+@pytest.mark.parametrize("name", ["default", "k3_beta", "gspo", "is_seq_mask_gspo", "is_token_truncate"])
+@pytest.mark.parametrize("upstream", ["one", "random"])
+def test_inplace_matches_reference(seed, name, shape, dtype, upstream):
+    config = CONFIGS[name]
+    inp = make_inputs(*shape, dtype, config)
+    g = 1.0 if upstream == "one" else torch.randn(()).item()
+    logits = inp["logits"].clone().requires_grad_()
+    rest = {k: v for k, v in inp.items() if k not in ("logits", "targets", "mask", "advantages")}
+    out = ops.grpo_loss(logits, inp["targets"], inp["mask"], inp["advantages"], config=config, backend="cpu",
+                        inplace=True, **rest)
+    if shape[-1] > 1:  # V = 1: the gradient is exactly 0 and may equal the logits bit for bit only by chance
+        assert not torch.equal(logits.detach(), inp["logits"]), "the logits were not overwritten"
+    (out.loss * g).backward()
+    naive = run_loss(grpo_loss_ref, inp, config, g)
+    ref = run_loss(grpo_loss_ref, inp, config, g, dtype=torch.float64)
+    assert logits.grad.dtype == dtype
+    check_rule("loss", out.loss.detach(), naive[0], ref[0])
+    check_rule("dlogits", logits.grad, naive[1], ref[1], grad=True)
+
+
+def test_inplace_gradient_flows_through_matmul_and_skips_the_allocation(seed):
+    """The usual use: logits straight from the lm_head matmul. Same gradients as the out-of-place call, and
+    the gradient handed to the matmul's backward is the logits' own storage."""
+    B, T, H, V = 3, 4, 16, 50
+    h, W = torch.randn(B, T, H), torch.randn(V, H)
+    targets, mask, adv = torch.randint(0, V, (B, T)), torch.rand(B, T) > 0.3, torch.randn(B)
+    grads, ptrs = [], []
+    for inplace in (False, True):
+        hh, WW = h.clone().requires_grad_(), W.clone().requires_grad_()
+        logits = hh @ WW.T
+        logits.register_hook(lambda gr, lg=logits: ptrs.append(gr.data_ptr() == lg.data_ptr()))
+        ops.grpo_loss(logits, targets, mask, adv, backend="cpu", inplace=inplace).loss.backward()
+        grads.append((hh.grad, WW.grad))
+    assert ptrs == [False, True]
+    torch.testing.assert_close(grads[1][0], grads[0][0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grads[1][1], grads[0][1], rtol=1e-5, atol=1e-6)
+
+
+def test_inplace_refuses_logits_another_node_saved(seed):
+    """tanh saves its output: writing the gradient over it must not go unnoticed at backward."""
+    x = torch.randn(2, 3, 11, requires_grad=True)
+    logits = torch.tanh(x)
+    out = ops.grpo_loss(logits, torch.randint(0, 11, (2, 3)), torch.ones(2, 3), torch.randn(2), backend="cpu",
+                        inplace=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.loss.backward()
+
+
+def test_inplace_without_grad_and_twice(seed):
+    """Rows that share memory never get here (check_rows_viewable refuses them, test_validation)."""
+    args = (torch.randint(0, 9, (2, 3)), torch.ones(2, 3), torch.randn(2))
+    logits = torch.randn(2, 3, 9)
+    before = logits.clone()
+    ops.grpo_loss(logits, *args, backend="cpu", inplace=True)  # no gradient wanted: nothing is written
+    assert torch.equal(logits, before)
+    leaf = before.clone().requires_grad_()
+    out = ops.grpo_loss(leaf, *args, backend="cpu", inplace=True)
+    out.loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="backward ran twice"):
+        out.loss.backward()

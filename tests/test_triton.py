@@ -339,3 +339,20 @@ def test_triton_int64_row_offsets(seed):
     ref = (gt.double() * (onehot - torch.softmax(last.double(), -1))).cpu()
     naive = (gt * (onehot - torch.softmax(last, -1).float())).to(torch.bfloat16).cpu()
     check_rule("dlogits", x[-tail:].cpu(), naive, ref, grad=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", ["default", "is_seq_mask_gspo"])
+def test_triton_inplace_matches_reference(seed, name, dtype):
+    config = CONFIGS[name]
+    inp = _dev(make_inputs(3, 4, 1000, dtype, config))
+    g = torch.randn(()).item()
+    logits = inp["logits"].clone().requires_grad_()
+    rest = {k: v for k, v in inp.items() if k not in ("logits", "targets", "mask", "advantages")}
+    out = ops.grpo_loss(logits, inp["targets"], inp["mask"], inp["advantages"], config=config, backend="triton",
+                        inplace=True, **rest)
+    (out.loss * g).backward()
+    naive = _cpu(run_loss(grpo_loss_ref, inp, config, g))
+    ref = _cpu(run_loss(grpo_loss_ref, inp, config, g, dtype=torch.float64))
+    check_rule("loss", out.loss.detach().cpu(), naive[0], ref[0])
+    check_rule("dlogits", logits.grad.cpu(), naive[1], ref[1], grad=True)

@@ -244,6 +244,43 @@ def _backward(ctx, g_loss, g_logp, g_ent, g_stats, g_g, g_dl):
 _loss_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+class _InplaceLoss(torch.autograd.Function):
+    """grpo_loss(..., inplace=True): the forward writes dlogits (for an upstream gradient of 1) over the
+    logits' own storage while each row is in cache (one read of the logits, one write, as the
+    forward-written path of _loss_op) and allocates no [N, V] buffer: no memory for it, and on the CPU no
+    page faults and zeroing of fresh pages, which cost as much as the kernel itself for a 260 MB gradient.
+    The backward hands that storage to autograd as the logits' gradient, scaled in place when the
+    upstream gradient is not 1 (one more rounding in bf16/fp16). The logits' version counter is bumped, so
+    another autograd node that saved the logits raises instead of reading the gradient."""
+
+    @staticmethod
+    def forward(ctx, logits, targets, mask, coef, adv, old, ref, samp, config, backend):
+        V = logits.shape[-1]
+        _checks.check_targets_range("targets", targets, V)
+        flat = logits.view(-1, V)
+        tok_loss, logp, ent, _, _ = launch_loss(flat, targets.reshape(-1), mask, coef, adv, old, ref, samp, config,
+                                                dlogits=flat, backend=backend)
+        torch.autograd.graph.increment_version(logits)
+        ctx.save_for_backward(logits)
+        loss = (tok_loss.view(mask.shape).double() * coef).sum().to(torch.float32)
+        ent = ent.view(mask.shape) if ent is not None else logp.new_empty(0)
+        logp = logp.view(mask.shape)
+        ctx.mark_non_differentiable(logp, ent)
+        return loss, logp, ent
+
+    @staticmethod
+    def backward(ctx, g_loss, g_logp, g_ent):
+        if getattr(ctx, "consumed", False):
+            raise RuntimeError("grpo_loss(inplace=True): backward ran twice through the same graph; the gradient "
+                               "was already written over the logits (call grpo_loss again instead)")
+        ctx.consumed = True
+        (dlogits,) = ctx.saved_tensors
+        dlogits = dlogits.detach()  # the same storage, without the logits' autograd history
+        if not bool((g_loss == 1.0).all()):
+            dlogits.mul_(g_loss.to(dlogits.dtype))
+        return (dlogits,) + (None,) * 9
+
+
 # --- functional API -----------------------------------------------------------------------------------
 # (backend, logits dtype) pairs whose forward writes dlogits (for an upstream gradient of 1) while each row
 # is in cache, all measured on the machines named. C++ bf16/fp16: one exp per element instead of two, and
@@ -291,13 +328,19 @@ def check_token_inputs(lead_name, lead, mask, advantages, old_logp, ref_logp, sa
 
 
 def grpo_loss(logits, targets, mask, advantages, *, old_logp=None, ref_logp=None, sampling_logp=None,
-              config=LossConfig(), num_tokens=None, num_sequences=None, backend="auto"):
+              config=LossConfig(), num_tokens=None, num_sequences=None, backend="auto", inplace=False):
     """GRPO loss from logits.
 
     logits (B, T, V) fp32/bf16/fp16, targets (B, T) int, mask (B, T) bool/int/float, advantages (B,),
     old_logp / ref_logp / sampling_logp (B, T) float or None. old_logp=None is on-policy (old = logp,
     detached). num_tokens / num_sequences: global counts for gradient accumulation. Returns
     LossOutput(loss () float32 differentiable in logits, metrics dict of detached () tensors).
+
+    inplace=True (kernel backends, eager mode, logits that need a gradient): the forward overwrites the
+    logits with their gradient and no [N, V] buffer is allocated; the logits' values are gone after the
+    call and `loss.backward()` returns that storage as their gradient. Use it when nothing else reads the
+    logits (e.g. they come straight from the lm_head matmul); an autograd node that saved them raises at
+    backward. Under torch.compile, without a gradient, or on backend="torch" it is the usual path.
     """
     dtypes = _checks.FLOAT_DTYPES + ((torch.float64,) if backend == "torch" else ())
     _check_loss_inputs(logits, targets, mask, advantages, old_logp, ref_logp, sampling_logp, config, dtypes)
@@ -313,6 +356,11 @@ def grpo_loss(logits, targets, mask, advantages, *, old_logp=None, ref_logp=None
     _checks.check_rows_viewable("logits", logits)
     m, coef, adv, old, ref, samp = kernel_inputs(mask, advantages, old_logp, ref_logp, sampling_logp, config,
                                                  num_tokens, num_sequences)
+    if inplace and torch.is_grad_enabled() and logits.requires_grad and not torch.compiler.is_compiling():
+        loss, logp, ent = _InplaceLoss.apply(logits, targets.to(torch.int64).contiguous(), m, coef, adv, old, ref,
+                                             samp, config, backend)
+        metrics = loss_metrics(logp, m, adv, old, ref_logp, samp, config, ent if config.entropy else None)
+        return LossOutput(loss, metrics)
     loss, logp, ent, _, _, _ = _loss_op(logits, targets.to(torch.int64).contiguous(), m, coef, adv, old, ref, samp,
                                   float(config.eps_low), float(config.eps_high), float(config.dual_clip or 0.0),
                                   float(config.beta), config.kl, config.ratio_level, config.is_mode or "",
