@@ -88,6 +88,7 @@ def cmd_train(args) -> int:
     _write_config(run_dir, cfg)
     engine = GRPOEngine(cfg, run_dir=run_dir)
     print(f"== data: {json.dumps({k: (len(v) if isinstance(v, list) else v) for k, v in engine.data_report.items()})}")
+    print(f"== train layout: {engine.layout} (train.layout = {cfg.train.layout})")
     ckpt = checkpoint.latest_checkpoint(run_dir) if args.resume else None
     if ckpt is not None:
         engine.load(ckpt)

@@ -104,6 +104,8 @@ class TrainConfig:
     device: str = "auto"              # auto | cpu | cuda
     backend: str = "auto"             # kernel backend for grpo.ops
     chunk_tokens: Optional[int] = None  # fused linear loss chunk (None: its rule)
+    layout: str = "auto"              # auto | padded | packed | shared_prefix (auto: packed under flash-attn,
+                                      # else shared_prefix: a group's prompt runs once; padded with checkpointing)
 
 
 @dataclass
@@ -329,6 +331,11 @@ def validate(cfg: Config) -> None:
     need(t.updates_per_rollout >= 1, "train.updates_per_rollout", "an int >= 1", t.updates_per_rollout)
     need(t.token_budget >= 16, "train.token_budget", "an int >= 16", t.token_budget)
     need(t.device in ("auto", "cpu", "cuda"), "train.device", "auto | cpu | cuda", t.device)
+    need(t.layout in ("auto", "padded", "packed", "shared_prefix"), "train.layout",
+         "auto | padded | packed | shared_prefix", t.layout)
+    need(not (t.layout == "shared_prefix" and cfg.model.gradient_checkpointing), "train.layout",
+         "auto, padded or packed with model.gradient_checkpointing (transformers keeps no KV cache under it)",
+         t.layout)
     need(o.lr > 0 and math.isfinite(o.lr), "optim.lr", "a finite number > 0", o.lr)
     need(o.schedule in SCHEDULES, "optim.schedule", " | ".join(SCHEDULES), o.schedule)
     need(o.max_grad_norm >= 0, "optim.max_grad_norm", "a number >= 0", o.max_grad_norm)

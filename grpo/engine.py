@@ -27,7 +27,7 @@ from . import checkpoint, data as data_mod, ops, rewards as rewards_mod
 from .builders import build_data, build_optimizer, build_sampler, correctness_reward, resolve_model_path
 from .config import Config
 from .metrics import MetricsLogger, PhaseTimer, peak_memory_bytes
-from .policy import Batch, load_policy, logprob_pass, loss_on_micro_batch, micro_batches
+from .policy import Batch, choose_layout, load_policy, logprob_pass, loss_on_micro_batch, micro_batches
 from .sampler.base import Rollout, SamplingConfig, make_rollout
 
 
@@ -52,7 +52,7 @@ class GRPOEngine:
         if cfg.loss.beta > 0:  # beta == 0 loads no reference model
             self.ref = load_policy(self.model_path, dtype=cfg.model.dtype, device=str(self.device)).eval()
             self.ref.requires_grad_(False)
-        self.packed = getattr(self.policy.config, "_attn_implementation", "") == "flash_attention_2"
+        self.layout = choose_layout(cfg.train.layout, self.policy)
         self.autocast = "cuda" if self.device.type == "cuda" and cfg.model.autocast_bf16 else None
         self.sampler = sampler if sampler is not None else build_sampler(cfg, self.model_path)
         self.optimizer, self.scheduler = build_optimizer(cfg, self.policy)
@@ -124,7 +124,7 @@ class GRPOEngine:
         batch = Batch(prompt_ids=rollout.prompt_ids, completion_ids=rollout.completion_ids.to(dev),
                       mask=rollout.completion_mask.to(dev), advantages=adv.to(dev),
                       sampling_logp=samp.to(dev) if samp is not None else None)
-        kw = dict(temperature=self.loss_config.temperature, budget=self.cfg.train.token_budget, packed=self.packed,
+        kw = dict(temperature=self.loss_config.temperature, budget=self.cfg.train.token_budget, layout=self.layout,
                   backend=self.cfg.train.backend, chunk_tokens=self.cfg.train.chunk_tokens, autocast=self.autocast)
         if self.cfg.train.updates_per_rollout > 1:  # mu == 1 is on-policy: old = logp.detach() in the loss
             with self.timer("logprobs"):
@@ -139,14 +139,14 @@ class GRPOEngine:
         token and sequence counts passed to the loss. Returns token-weighted loss metrics."""
         t, o = self.cfg.train, self.cfg.optim
         num_tokens = max(1, int(batch.mask.sum()))
-        mbs = micro_batches(batch.lengths(), t.token_budget, self.packed)
+        mbs = micro_batches(batch.lengths(), t.token_budget, self.layout, batch.prompt_ids)
         sums: dict = {}
         with self.timer("train"):
             for _ in range(t.updates_per_rollout):
                 self.optimizer.zero_grad(set_to_none=True)
                 for idx in mbs:
                     out, ntok = loss_on_micro_batch(self.policy, batch, idx, config=self.loss_config,
-                                                    num_tokens=num_tokens, num_sequences=batch.size, packed=self.packed,
+                                                    num_tokens=num_tokens, num_sequences=batch.size, layout=self.layout,
                                                     backend=t.backend, chunk_tokens=t.chunk_tokens,
                                                     autocast=self.autocast)
                     out.loss.backward()
