@@ -18,7 +18,8 @@ on a pipe, idle, and a step starts only once the side that ran before it has gon
   num_iterations = 1 (one generation and one optimizer update per step, like ours); on CPU use_vllm=False, so
   TRL generates with transformers' `generate` (that difference is part of what users choose between); on
   GPU vLLM in colocate mode when vllm imports. fp32 on CPU (bf16 mixed precision on GPU, like our
-  autocast), no gradient checkpointing (TRL's default is on; ours is off), AdamW with our betas/eps.
+  autocast), no gradient checkpointing (TRL's default is on; ours is off), AdamW with our betas/eps, fused on both
+  sides by default (TRL's own default optim adamw_torch_fused; optim.fused=false gives adamw_torch to both).
 - Same settings: TRL's loss_type "dapo" = our token_mean, "grpo" = seq_mean_token_mean, "dr_grpo" =
   seq_mean_token_sum_norm; epsilon / epsilon_high = eps_low / eps_high; scale_rewards = advantage_scale;
   beta; temperature, top_p, top_k; lr with a constant schedule and no warm-up; max_grad_norm. Our

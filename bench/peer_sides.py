@@ -111,7 +111,8 @@ def trl_config(spec: dict, out_dir: str):
         learning_rate=c["optim"]["lr"], lr_scheduler_type="constant", warmup_steps=0,
         adam_beta1=c["optim"]["beta1"], adam_beta2=c["optim"]["beta2"], adam_epsilon=c["optim"]["eps"],
         weight_decay=c["optim"]["weight_decay"], max_grad_norm=c["optim"]["max_grad_norm"],
-        optim="adamw_torch", beta=c["loss"]["beta"], epsilon=c["loss"]["eps_low"], epsilon_high=c["loss"]["eps_high"],
+        optim="adamw_torch_fused" if c["optim"].get("fused", True) else "adamw_torch",  # fused: TRL's own default
+        beta=c["loss"]["beta"], epsilon=c["loss"]["eps_low"], epsilon_high=c["loss"]["eps_high"],
         loss_type=LOSS_TYPE[c["loss"]["loss_agg"]], scale_rewards=c["train"]["advantage_scale"],
         temperature=c["sampling"]["temperature"], top_p=c["sampling"]["top_p"], top_k=0 if top_k < 0 else top_k,
         use_cpu=not gpu, bf16=gpu, fp16=False, gradient_checkpointing=False, shuffle_dataset=False,

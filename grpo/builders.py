@@ -61,7 +61,8 @@ def build_optimizer(cfg: Config, model):
     all optimizer updates (steps x updates_per_rollout)."""
     o = cfg.optim
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=o.weight_decay)
+    opt = torch.optim.AdamW(params, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=o.weight_decay,
+                            **({"fused": True} if o.fused else {"foreach": False}))
     total = cfg.train.steps * cfg.train.updates_per_rollout
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(o.schedule, o.warmup_steps, total))
     return opt, sched

