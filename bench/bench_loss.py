@@ -142,14 +142,14 @@ class InplaceLoss:
     After its first call the copy holds a gradient, which the next calls read as logits: the same rows and
     masks, the same work. `grad` keeps the last gradient for evaluate()."""
 
-    def __init__(self, backend: str, batch: dict):
-        self.backend, self.batch, self.grad = backend, batch, None
+    def __init__(self, backend: str, batch: dict, config: LossConfig):
+        self.backend, self.batch, self.config, self.grad = backend, batch, config, None
         self.buf = batch["logits"].clone()
 
     def __call__(self, x):
         b, leaf = self.batch, self.buf.detach().requires_grad_(x.requires_grad)
         loss = ops.grpo_loss(leaf, b["targets"], b["mask"], b["advantages"], old_logp=b["old_logp"],
-                             config=LossConfig(), backend=self.backend, inplace=True).loss
+                             config=self.config, backend=self.backend, inplace=True).loss
         return _GradOf(loss, leaf, self)
 
 
@@ -175,7 +175,7 @@ def make_fns(op: str, names: list, batch: dict) -> dict:
     for name in names:
         if name.endswith("-inplace"):
             if op == "grpo_loss":  # a gradient written over the logits: the loss only
-                fns[name] = InplaceLoss(BACKEND_OF[name], batch)
+                fns[name] = InplaceLoss(BACKEND_OF[name], batch, cfg)
             continue
         if name == "liger":
             if op == "grpo_loss":  # Liger has no selective-logprob op with this API: grpo_loss only

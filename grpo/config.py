@@ -333,8 +333,8 @@ def validate(cfg: Config) -> None:
     need(t.updates_per_rollout >= 1, "train.updates_per_rollout", "an int >= 1", t.updates_per_rollout)
     need(t.token_budget >= 16, "train.token_budget", "an int >= 16", t.token_budget)
     need(t.device in ("auto", "cpu", "cuda"), "train.device", "auto | cpu | cuda", t.device)
-    need(t.layout in ("auto", "padded", "packed", "shared_prefix"), "train.layout",
-         "auto | padded | packed | shared_prefix", t.layout)
+    from .policy import LAYOUTS
+    need(t.layout in ("auto", *LAYOUTS), "train.layout", " | ".join(("auto", *LAYOUTS)), t.layout)
     need(not (t.layout == "shared_prefix" and cfg.model.gradient_checkpointing), "train.layout",
          "auto, padded or packed with model.gradient_checkpointing (transformers keeps no KV cache under it)",
          t.layout)

@@ -118,17 +118,17 @@ def _head_inputs(logp_in, old_lp, samp_lp, mask_in, idx, ok, HAS_OLD: tl.constex
 def _head_inputs64(logp_in, lo_in, old_lp, samp_lp, mask_in, idx, ok, HAS_OLD: tl.constexpr,
                    HAS_SAMP: tl.constexpr, HAS_LO: tl.constexpr):
     """_head_inputs in fp64 for the sequence sums, logp unrounded (logp + its residual) when HAS_LO."""
-    lp = tl.load(logp_in + idx, mask=ok, other=0.0).to(tl.float64)
+    lp, old, samp, msk = _head_inputs(logp_in, old_lp, samp_lp, mask_in, idx, ok, HAS_OLD, HAS_SAMP)
+    lp64 = lp.to(tl.float64)
     if HAS_LO:
-        lp += tl.load(lo_in + idx, mask=ok, other=0.0).to(tl.float64)
-    old = lp
+        lp64 += tl.load(lo_in + idx, mask=ok, other=0.0).to(tl.float64)
+    old64 = lp64
     if HAS_OLD:
-        old = tl.load(old_lp + idx, mask=ok, other=0.0).to(tl.float64)
-    samp = old
+        old64 = old.to(tl.float64)
+    samp64 = old64
     if HAS_SAMP:
-        samp = tl.load(samp_lp + idx, mask=ok, other=0.0).to(tl.float64)
-    msk = tl.load(mask_in + idx, mask=ok, other=0.0).to(tl.float64)
-    return lp, old, samp, msk
+        samp64 = samp.to(tl.float64)
+    return lp64, old64, samp64, msk.to(tl.float64)
 
 
 @triton.jit

@@ -193,20 +193,28 @@ def _loss_op(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, co
              kl: str, ratio_level: str, is_mode: str, is_cap: float, temperature: float, entropy: bool,
              want_grad: bool, backend: str
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    V = logits.shape[-1]
-    _checks.check_targets_range("targets", targets, V)
     config = LossConfig(eps_low=eps_low, eps_high=eps_high, dual_clip=dual_clip or None, beta=beta, kl=kl,
                         ratio_level=ratio_level, is_mode=is_mode or None, is_cap=is_cap, temperature=temperature,
                         entropy=entropy)
     dlogits = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device) if want_grad else None
-    tok_loss, logp, ent, stats, g = launch_loss(logits.view(-1, V), targets.reshape(-1), mask, coef, advantages,
-                                                old_logp, ref_logp, sampling_logp, config,
-                                                dlogits=None if dlogits is None else dlogits.view(-1, V),
+    loss, logp, ent, stats, g = _run_loss(logits, targets, mask, coef, advantages, old_logp, ref_logp,
+                                          sampling_logp, config, dlogits, backend)
+    dlogits = dlogits if dlogits is not None else logits.new_empty(0)
+    return loss, logp, ent, stats, g, dlogits
+
+
+def _run_loss(logits, targets, mask, coef, adv, old, ref, samp, config, dlogits, backend):
+    """The eager body of both autograd paths: target check, launch_loss over (N, V) rows (dlogits (B, T, V)
+    or None; it may be the logits themselves), and the loss as sum(coef * tok_loss) in fp64. Returns loss
+    (), logp (B, T), entropy (B, T) or an empty tensor, stats (N, 2), g (N,)."""
+    V = logits.shape[-1]
+    _checks.check_targets_range("targets", targets, V)
+    tok_loss, logp, ent, stats, g = launch_loss(logits.view(-1, V), targets.reshape(-1), mask, coef, adv, old, ref,
+                                                samp, config, dlogits=None if dlogits is None else dlogits.view(-1, V),
                                                 backend=backend)
     loss = (tok_loss.view(mask.shape).double() * coef).sum().to(torch.float32)
     ent = ent.view(mask.shape) if ent is not None else logp.new_empty(0)
-    dlogits = dlogits if dlogits is not None else logits.new_empty(0)
-    return loss, logp.view(mask.shape), ent, stats, g, dlogits
+    return loss, logp.view(mask.shape), ent, stats, g
 
 
 @_loss_op.register_fake
@@ -255,16 +263,9 @@ class _InplaceLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, targets, mask, coef, adv, old, ref, samp, config, backend):
-        V = logits.shape[-1]
-        _checks.check_targets_range("targets", targets, V)
-        flat = logits.view(-1, V)
-        tok_loss, logp, ent, _, _ = launch_loss(flat, targets.reshape(-1), mask, coef, adv, old, ref, samp, config,
-                                                dlogits=flat, backend=backend)
+        loss, logp, ent, _, _ = _run_loss(logits, targets, mask, coef, adv, old, ref, samp, config, logits, backend)
         torch.autograd.graph.increment_version(logits)
         ctx.save_for_backward(logits)
-        loss = (tok_loss.view(mask.shape).double() * coef).sum().to(torch.float32)
-        ent = ent.view(mask.shape) if ent is not None else logp.new_empty(0)
-        logp = logp.view(mask.shape)
         ctx.mark_non_differentiable(logp, ent)
         return loss, logp, ent
 
