@@ -118,9 +118,11 @@ def test_matches_reference(seed, name, dtype, chunk, bias):
 @pytest.mark.parametrize("name", ON_POLICY)
 def test_on_policy(seed, name, dtype):
     config = CONFIGS[name]
-    # on-policy GSPO in bf16: torch_d's only error is the bf16 rounding of dlogits, the same as ours, so the
-    # rule compares two equally distributed maxima: enough elements (N H, V H, V) keep that statistic stable
-    inp = make_inputs(4, 8, 32, 256, dtype, config, bias=True, on_policy=True, chunk_tokens=5)
+    # on-policy in bf16: torch_d's only error is the bf16 rounding of dlogits, the same as ours, so the rule
+    # compares two equally distributed maxima, and enough elements (N H, V H, V) keep that statistic stable.
+    # At N = 32, H = 32 the bf16 dweight ratio (ours / torch_d) passed 3 once in 1500 draws (gspo); at
+    # N = 64, H = 64 its maximum over 8000 draws of default and gspo was 2.66-2.82 (p99 1.78).
+    inp = make_inputs(4, 16, 64, 256, dtype, config, bias=True, on_policy=True, chunk_tokens=5)
     check_against_reference(inp, config, dtype, 5)
 
 
