@@ -18,6 +18,7 @@ CPU_SOURCES = [
     "csrc/cpu/advantages.cpp",
     "csrc/cpu/logprobs.cpp",
     "csrc/cpu/loss.cpp",
+    "csrc/cpu/linear.cpp",
 ]
 CUDA_SOURCES = [
     "csrc/cuda/advantages.cu",

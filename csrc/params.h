@@ -90,4 +90,14 @@ struct FusedLossParams {
   int64_t grad_row_stride;
 };
 
+// y = x · wᵀ + bias for a few rows of x (decode steps of the sampler), over the weight as stored.
+struct LinearParams {
+  const void* x;          // (M, K) rows of `ldx` elements
+  const void* w;          // (N, K) rows of `ldw` elements
+  const void* bias;       // (N,) or null
+  void* y;                // (M, N) rows of `ldy` elements
+  int64_t M, N, K, ldx, ldw, ldy;
+  int dtype;              // DType of x, w, bias and y
+};
+
 }  // namespace grpo

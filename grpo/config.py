@@ -64,6 +64,9 @@ class SamplerConfig:
     enforce_eager: bool = True
     prefix_caching: bool = True
     bucket_mb: int = 256              # weight-sync bucket size
+    # CPU GEMMs of vLLM: onednn (packed weights, re-packed at every sync) | plain (weights as loaded, synced by
+    # an in-place copy; decode GEMMs ~1.4x slower): bench/README.md "Sampler" has the measured trade-off
+    cpu_gemm: str = "onednn"
     sleep_between_rollouts: bool = True  # GPU: free the KV cache while training (no-op on CPU)
     sync_check_every: int = 0         # check_in_sync every K steps (0: never); raises above sync_tolerance
     sync_tolerance: float = 1e-3
@@ -343,6 +346,7 @@ def validate(cfg: Config) -> None:
     need(o.max_grad_norm >= 0, "optim.max_grad_norm", "a number >= 0", o.max_grad_norm)
     need(cfg.model.dtype in ("float32", "bfloat16"), "model.dtype", "float32 | bfloat16", cfg.model.dtype)
     need(cfg.sampler.backend in ("vllm", "torch"), "sampler.backend", "vllm | torch", cfg.sampler.backend)
+    need(cfg.sampler.cpu_gemm in ("onednn", "plain"), "sampler.cpu_gemm", "onednn | plain", cfg.sampler.cpu_gemm)
     need(cfg.rewards.on_error in ("raise", "zero"), "rewards.on_error", "raise | zero", cfg.rewards.on_error)
     need(cfg.data.on_error in ("raise", "skip"), "data.on_error", "raise | skip", cfg.data.on_error)
     need(isinstance(cfg.rewards.functions, list) and len(cfg.rewards.functions) > 0, "rewards.functions",

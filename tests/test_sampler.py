@@ -1,11 +1,12 @@
 """Samplers on real vLLM (CPU) and transformers, with tiny random Qwen2 models built here.
 
-One VLLMSampler for the whole module (start-up takes seconds); tests that change its weights put the
-first model's back afterwards (`engine` fixture). The tiny models use init_std=0.1 so that greedy
+One VLLMSampler per CPU GEMM mode for the whole module (start-up takes seconds): every test runs with
+vLLM's packed oneDNN GEMMs and with cpu_gemm="plain" (weights kept as loaded, grpo's rowwise_linear);
+tests that change its weights put the first model's back afterwards (`engine` fixture). The tiny models use init_std=0.1 so that greedy
 decoding does not just repeat the last token (with std 0.02 and tied embeddings it does), which would
 make "follows the new model" checks weak.
 
-Tolerance 1e-4 on logprobs: both sides are fp32 (vLLM's oneDNN GEMMs and CPU attention vs ATen's), so
+Tolerance 1e-4 on logprobs: both sides are fp32 (vLLM's GEMMs and CPU attention vs ATen's), so
 they differ only in reduction order, measured <= 1e-6 on these models; every real mistake this guards
 against (raw instead of processed logprobs, an off-by-one position, stale weights or prefix cache) moves
 logprobs by >= 1e-2.
@@ -37,9 +38,11 @@ def hf(folders):
     return [AutoModelForCausalLM.from_pretrained(f, dtype=torch.float32).eval() for f in folders]
 
 
-@pytest.fixture(scope="module")
-def sampler(folders):
-    s = VLLMSampler(folders[0], max_model_len=256, block_size=BLOCK, weight_transfer="native", seed=0)
+@pytest.fixture(scope="module", params=["onednn", "plain"])
+def sampler(folders, request):
+    s = VLLMSampler(folders[0], max_model_len=256, block_size=BLOCK, weight_transfer="native", seed=0,
+                    cpu_gemm=request.param)
+    assert s.plain_gemm == (request.param == "plain")
     yield s
     s.close()
 
@@ -198,8 +201,13 @@ def test_mask_top_k_top_p():
 
 
 # --- weights ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("path", ["reload", "native"])
+@pytest.mark.parametrize("path", ["reload", "native", "copy"])
 def test_update_weights_follows_new_model(engine, hf, long_prompt, path):
+    if path == "copy" and not engine.plain_gemm:  # packed GEMMs must be re-processed after a load
+        with pytest.raises(ValueError, match="cpu_gemm='plain'"):
+            engine.update_weights(hf[1], path=path)
+        assert engine.check_in_sync(hf[0]) < TOL
+        return
     greedy = SamplingConfig(n=1, max_tokens=12, temperature=0)
     before = engine.generate([long_prompt, PROMPTS[0]], greedy)  # fills the prefix cache with model-0 KV
     oracle = TorchSampler(hf[1], engine.tokenizer, max_model_len=engine.max_model_len)
@@ -220,6 +228,7 @@ def test_update_weights_follows_new_model(engine, hf, long_prompt, path):
 
 
 def test_partial_update_in_small_buckets(engine, hf, folders):
+    path = "copy" if engine.plain_gemm else None  # plain GEMMs: the in-place copy; else the engine's default
     from transformers import AutoModelForCausalLM
     mixed = AutoModelForCausalLM.from_pretrained(folders[0], dtype=torch.float32).eval()
     part = [(k, v) for k, v in hf[1].state_dict().items() if k.startswith("model.layers.1.")]
@@ -227,14 +236,14 @@ def test_partial_update_in_small_buckets(engine, hf, folders):
     old = engine.bucket_bytes
     engine.bucket_bytes = 64 << 10
     try:
-        stats = engine.update_weights(iter(part))  # an iterator of pairs
+        stats = engine.update_weights(iter(part), path=path)  # an iterator of pairs
     finally:
         engine.bucket_bytes = old
     assert stats["tensors"] == len(part) == 12 and stats["buckets"] > 1
     assert engine.check_in_sync(mixed) < TOL
     assert engine.check_in_sync(hf[0]) > 1e-2 and engine.check_in_sync(hf[1]) > 1e-2
     # the embedding alone (tied: the lm_head's packed CPU weight must follow it)
-    stats = engine.update_weights([("model.embed_tokens.weight", hf[1].model.embed_tokens.weight)])
+    stats = engine.update_weights([("model.embed_tokens.weight", hf[1].model.embed_tokens.weight)], path=path)
     mixed.model.embed_tokens.weight.data.copy_(hf[1].model.embed_tokens.weight)
     assert stats["tensors"] == 1 and engine.check_in_sync(mixed) < TOL
 

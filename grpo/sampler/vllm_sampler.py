@@ -7,10 +7,15 @@
 - Weights: `update_weights` validates every (hf_name, tensor) against the checkpoint's names and shapes
   before touching the engine, then hands buckets of `bucket_bytes` to vLLM's own checkpoint-format loader
   (layerwise reload: fused qkv / gate_up layers and the CPU weight repacking stay vLLM's job), then resets
-  the prefix cache. Two load paths, both vLLM's code: "reload" (`model_runner.reload_weights`) and
+  the prefix cache. Three load paths, all vLLM's code: "reload" (`model_runner.reload_weights`),
   "native" (vLLM's weight-transfer session API: start_weight_update / update_weights per bucket /
   finish_weight_update, with an in-process, zero-copy backend registered here: the trainer's tensors are
-  already in this process, so CUDA IPC handles would only add an export/import round trip).
+  already in this process, so CUDA IPC handles would only add an export/import round trip), and, on CPU
+  with `cpu_gemm="plain"`, "copy" (`model.load_weights`: each parameter's own weight_loader copies its
+  shard in place; the layers compute over those tensors, so there is nothing to re-pack).
+- CPU GEMMs: `cpu_gemm="onednn"` keeps vLLM's dispatch (linear weights re-packed for oneDNN at load and at
+  every reload); "plain" keeps them as loaded and computes with grpo's row-streaming kernel
+  (grpo/sampler/cpu_gemm.py).
 - Sleep: on GPU `sleep(level)` frees the KV cache (level 1 also offloads weights, level 2 discards them);
   `update_weights` while asleep wakes in the order weights -> load -> empty_cache -> KV cache -> reset
   prefix cache. On CPU vLLM has no sleep mode: sleep/wake only record the state.
@@ -32,6 +37,7 @@ import torch
 
 from .base import (NamedTensors, Prompt, Rollout, SamplingConfig, check_weights, encode_checked, make_rollout,
                    hf_token_logprobs, named_tensors_of, probe_ids, weight_buckets)
+from .cpu_gemm import plain_cpu_gemm
 
 INPROC_BACKEND = "grpo_inproc"
 
@@ -133,16 +139,20 @@ class VLLMSampler:
 
     model_path: a Hugging Face model folder. dtype: the engine's weight dtype ("float32", "bfloat16", ...).
     max_model_len: prompt + completion cap (None: the model's own). weight_transfer: "auto" (GPU: "native",
-    CPU: "reload"), "native" or "reload". Other keyword arguments go to `vllm.LLM`.
+    CPU: "copy" with cpu_gemm="plain", else "reload"), "native", "reload" or "copy". cpu_gemm: "onednn"
+    (vLLM's packed GEMMs) or "plain" (weights kept as loaded; ignored on GPU). Other keyword arguments go to
+    `vllm.LLM`.
     """
 
     def __init__(self, model_path, *, tokenizer=None, dtype: str = "float32", max_model_len: Optional[int] = None,
                  gpu_memory_utilization: float = 0.4, cpu_kv_cache_gib: float = 1, enforce_eager: bool = True,
                  seed: int = 0, enable_prefix_caching: bool = True, block_size: Optional[int] = None,
                  bucket_bytes: int = 256 << 20, weight_transfer: str = "auto", threads: Optional[int] = None,
-                 cache_root=None, chat_template: bool = True, **llm_kwargs):
-        if weight_transfer not in ("auto", "native", "reload"):
-            raise ValueError(f"weight_transfer: expected 'auto', 'native' or 'reload', got {weight_transfer!r}")
+                 cache_root=None, chat_template: bool = True, cpu_gemm: str = "onednn", **llm_kwargs):
+        if weight_transfer not in ("auto", "native", "reload", "copy"):
+            raise ValueError(f"weight_transfer: expected 'auto', 'native', 'reload' or 'copy', got {weight_transfer!r}")
+        if cpu_gemm not in ("onednn", "plain"):
+            raise ValueError(f"cpu_gemm: expected 'onednn' or 'plain', got {cpu_gemm!r}")
         if not isinstance(bucket_bytes, int) or bucket_bytes < 1:
             raise ValueError(f"bucket_bytes: expected an int >= 1, got {bucket_bytes!r}")
         self.model_path = Path(model_path)
@@ -154,8 +164,12 @@ class VLLMSampler:
             from grpo.models import cache_dir
             cache_root = cache_dir()
         configure_vllm_env(cpu_kv_cache_gib=cpu_kv_cache_gib, cache_root=Path(cache_root), threads=threads)
+        self.plain_gemm = cpu_gemm == "plain" and not self.on_gpu
         if weight_transfer == "auto":
-            weight_transfer = "native" if self.on_gpu else "reload"
+            weight_transfer = "native" if self.on_gpu else "copy" if self.plain_gemm else "reload"
+        if weight_transfer == "copy" and not self.plain_gemm:
+            raise ValueError("weight_transfer='copy' needs cpu_gemm='plain' on CPU (vLLM's packed GEMMs must be "
+                             "re-processed after a load: use 'reload' or 'native')")
         self.weight_transfer = weight_transfer
         self.bucket_bytes = bucket_bytes
         self.chat_template = chat_template
@@ -170,10 +184,12 @@ class VLLMSampler:
         t0 = time.perf_counter()
         self._set_num_threads = torch.set_num_threads  # the CPU worker replaces it with a no-op
         from vllm import LLM
-        self.llm = LLM(**self._engine_kwargs(dtype=dtype, enforce_eager=enforce_eager, seed=seed,
-                                             enable_prefix_caching=enable_prefix_caching,
-                                             gpu_memory_utilization=gpu_memory_utilization,
-                                             max_model_len=max_model_len, block_size=block_size, **llm_kwargs))
+        with plain_cpu_gemm(self.plain_gemm):
+            self.llm = LLM(**self._engine_kwargs(dtype=dtype, enforce_eager=enforce_eager, seed=seed,
+                                                 enable_prefix_caching=enable_prefix_caching,
+                                                 gpu_memory_utilization=gpu_memory_utilization,
+                                                 max_model_len=max_model_len, block_size=block_size,
+                                                 **llm_kwargs))
         self.max_model_len = int(self.llm.llm_engine.model_config.max_model_len)
         if weight_transfer == "native":
             self._worker().init_weight_transfer_engine({})
@@ -289,12 +305,14 @@ class VLLMSampler:
         subset of the model's weights. Everything is validated before the engine is touched, so a bad
         name or shape raises ValueError and the engine keeps its weights. When asleep, wakes in the right
         order. Returns {bytes, seconds, gbps, tensors, buckets, path, skipped, woke}.
-        path: "reload" or "native" (default: the sampler's weight_transfer)."""
+        path: "reload", "native" or "copy" (default: the sampler's weight_transfer)."""
         path = path or self.weight_transfer
-        if path not in ("reload", "native"):
-            raise ValueError(f"path: expected 'reload' or 'native', got {path!r}")
+        if path not in ("reload", "native", "copy"):
+            raise ValueError(f"path: expected 'reload', 'native' or 'copy', got {path!r}")
         if path == "native" and self.weight_transfer != "native":
             raise ValueError("path='native' needs VLLMSampler(weight_transfer='native') at construction")
+        if path == "copy" and not self.plain_gemm:
+            raise ValueError("path='copy' needs VLLMSampler(cpu_gemm='plain') on CPU")
         pairs, skipped = named_tensors_of(named_tensors, tied=self.tied)
         check_weights(pairs, self.expected, "update_weights")
         if not pairs:
@@ -309,10 +327,15 @@ class VLLMSampler:
             self._wake_up(["weights"])
         buckets = list(weight_buckets(pairs, self.bucket_bytes))
         stale = self._cpu_gemm_snapshot()
-        if path == "reload":
-            self._worker().reload_weights(weights_iterator=(p for b in buckets for p in self._to_device(b)))
+        if path == "copy":
+            with torch.no_grad():
+                self._worker().model_runner.get_model().load_weights(p for b in buckets for p in b)
+        elif path == "reload":
+            with plain_cpu_gemm(self.plain_gemm):
+                self._worker().reload_weights(weights_iterator=(p for b in buckets for p in self._to_device(b)))
         else:
-            self._load_native(buckets)
+            with plain_cpu_gemm(self.plain_gemm):
+                self._load_native(buckets)
         self._refresh_stale_cpu_gemms(stale)
         if self.on_gpu:
             torch.cuda.synchronize(self.device)
@@ -397,7 +420,8 @@ class VLLMSampler:
                 raise RuntimeError("wake: the engine slept at level 2 and discarded its weights; call "
                                    "update_weights(model) with the full weights, or wake(reload_from_disk=True)")
             self._wake_up(["weights"])
-            self._worker().reload_weights()  # from model_path, through the same layerwise loader
+            with plain_cpu_gemm(self.plain_gemm):
+                self._worker().reload_weights()  # from model_path, through the same layerwise loader
             if self.on_gpu:
                 torch.cuda.empty_cache()
             self._wake_up(["kv_cache"])

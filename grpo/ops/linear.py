@@ -1,0 +1,60 @@
+"""rowwise_linear: y = x · wᵀ + bias on CPU over the weight as stored (row-major (N, K), no packed copy),
+for the few rows of a decode step. The colocated sampler computes with it so that an in-place weight
+update is a plain copy (grpo/sampler/cpu_gemm.py). Inference only: no autograd.
+Order: reference -> launcher (C++ kernel, csrc/cpu/linear.cpp) -> functional API.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from . import _backend, _checks
+
+
+# --- reference (the spec) -----------------------------------------------------------------------------
+def rowwise_linear_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """torch.nn.functional.linear: x (..., K), weight (N, K), bias (N,) or None -> (..., N), x's dtype."""
+    return F.linear(x, weight, bias)
+
+
+# --- launcher -----------------------------------------------------------------------------------------
+def _launch(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor) -> None:
+    """x2 (M, K) with unit column stride, weight (N, K) with unit column stride, out (M, N)."""
+    M, K = x2.shape
+    _backend.native().linear(num_threads=torch.get_num_threads(), x=x2.data_ptr(), w=weight.data_ptr(),
+                             bias=_backend.ptr(bias), y=out.data_ptr(), M=M, N=weight.shape[0], K=K,
+                             ldx=x2.stride(0), ldw=weight.stride(0), ldy=out.stride(0),
+                             dtype=_checks.KERNEL_DTYPE_CODES[x2.dtype])
+
+
+# --- functional API -----------------------------------------------------------------------------------
+def rowwise_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
+                   backend: str = "auto") -> torch.Tensor:
+    """x (..., K), weight (N, K), bias (N,) or None, all of one dtype (fp32 / bf16 / fp16) on CPU
+    -> (..., N) in that dtype; fp32 accumulation, one rounding. backend: "auto" / "cpu" (the C++ kernel) or
+    "torch" (the reference). Fastest for a few rows (it streams the weight once per call and keeps x in
+    cache); for many rows a packed GEMM (F.linear) is faster."""
+    _checks.check_tensor("x", x, floating=True, dtypes=_checks.FLOAT_DTYPES)
+    _checks.check_tensor("weight", weight, ndim=2, dtypes=(x.dtype,))
+    K = weight.shape[1]
+    if x.dim() < 1 or x.shape[-1] != K:
+        raise ValueError(f"x: expected a last dimension of K = {K} (weight {tuple(weight.shape)}), got "
+                         f"{_checks.describe(x)}")
+    if bias is not None:
+        _checks.check_tensor("bias", bias, shape=(weight.shape[0],), dtypes=(x.dtype,))
+    _checks.check_same_device("x", x, weight=weight, bias=bias)
+    if backend not in ("auto", "cpu", "torch"):
+        raise ValueError(f"backend: expected 'auto', 'cpu' or 'torch', got {backend!r}")
+    if backend == "torch" or (backend == "auto" and x.device.type != "cpu"):
+        return rowwise_linear_ref(x, weight, bias)
+    if x.device.type != "cpu":
+        raise ValueError(f"backend='cpu' needs CPU tensors; x is on {x.device}")
+    if K == 0 or weight.shape[0] == 0:
+        return rowwise_linear_ref(x, weight, bias)
+    weight = weight if weight.stride(1) == 1 else weight.contiguous()
+    bias = bias if bias is None or bias.is_contiguous() else bias.contiguous()
+    x2 = x.reshape(-1, K)
+    x2 = x2 if x2.stride(1) == 1 else x2.contiguous()
+    out = torch.empty(x2.shape[0], weight.shape[0], dtype=x.dtype)
+    _launch(x2, weight, bias, out)
+    return out.view(*x.shape[:-1], weight.shape[0])

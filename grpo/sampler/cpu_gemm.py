@@ -1,0 +1,51 @@
+"""vLLM's linear layers on CPU, computing over their weights as loaded (no packed copy).
+
+vLLM 0.32 on CPU hands every linear layer to `dispatch_cpu_unquantized_gemm` once its weights are loaded:
+the weight is re-packed for oneDNN (or sgl-kernel), the plain tensor is emptied, and every in-place
+update must go through a layerwise reload that re-packs it again (~60% of a sync's time, measured in
+bench/bench_sampler.py). `plain_cpu_gemm()` replaces that dispatch while vLLM loads or reloads: the layer
+keeps its weight tensor and computes with `plain_linear`, which reads that tensor at every call, so an
+update is a copy into it through vLLM's own per-parameter loaders (VLLMSampler weight_transfer="copy").
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+
+from grpo.ops.linear import rowwise_linear
+
+def plain_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """vLLM's `layer.cpu_linear(x, weight, bias)`: x (..., K), weight (N, K) -> (..., N). The row-streaming
+    kernel at every row count: on a 2-core AVX-512 CPU it measured 1.0-1.45x oneDNN's packed GEMM time for
+    M = 1..128 and 2-3x faster than F.linear, which packs the weight again at every call."""
+    if x.dtype == weight.dtype and (bias is None or bias.dtype == x.dtype):
+        return rowwise_linear(x, weight, bias, backend="cpu")
+    return F.linear(x, weight, bias)
+
+
+def _dispatch_plain(original):
+    def dispatch(layer: torch.nn.Module, remove_weight: bool) -> None:
+        w = getattr(layer, "weight", None)
+        if not isinstance(w, torch.Tensor) or w.is_meta or w.dim() != 2 or w.dtype not in (
+                torch.float32, torch.bfloat16, torch.float16):
+            return original(layer, remove_weight)  # MoE / conv weights and missing layers: vLLM's own way
+        layer.cpu_linear = plain_linear
+    return dispatch
+
+
+@contextlib.contextmanager
+def plain_cpu_gemm(enabled: bool = True):
+    """While active, vLLM's CPU GEMM dispatch keeps weights as loaded and uses `plain_linear` (wrap the
+    engine's construction and every reload in it); restores vLLM's dispatch on exit."""
+    if not enabled:
+        yield
+        return
+    import vllm.model_executor.layers.utils as U
+    original = U.dispatch_cpu_unquantized_gemm
+    U.dispatch_cpu_unquantized_gemm = _dispatch_plain(original)
+    try:
+        yield
+    finally:
+        U.dispatch_cpu_unquantized_gemm = original

@@ -1,0 +1,67 @@
+"""rowwise_linear (csrc/cpu/linear.cpp) against F.linear in fp64 under the numerics rule (DESIGN.md §5):
+odd shapes around the kernel's tiles (6 or 4 weight rows x 4 or 2 x rows, 16 or 8 lanes), K tails, strided
+rows, bias or none, fp32 / bf16 / fp16, inf/NaN positions, bad input."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import check_rule
+from grpo.ops.linear import rowwise_linear, rowwise_linear_ref
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+
+def case(M, N, K, dtype, bias):
+    x = torch.randn(M, K).to(dtype)
+    w = (torch.randn(N, K) / K ** 0.5).to(dtype)
+    b = torch.randn(N).to(dtype) if bias else None
+    return x, w, b
+
+
+def check(x, w, b):
+    ours = rowwise_linear(x, w, b, backend="cpu")
+    torch_d = rowwise_linear_ref(x, w, b)
+    ref = F.linear(x.double(), w.double(), None if b is None else b.double())
+    assert ours.dtype == x.dtype and ours.shape == ref.shape
+    check_rule("y", ours.float(), torch_d.float(), ref)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("M,N,K", [(1, 1, 1), (1, 7, 16), (3, 5, 17), (4, 6, 32), (5, 13, 100), (8, 25, 64),
+                                   (17, 64, 33), (33, 7, 129), (64, 96, 576)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_matches_reference(seed, M, N, K, dtype, bias):
+    check(*case(M, N, K, dtype, bias))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_strided_rows_and_batch_dims(seed, dtype):
+    big_x = torch.randn(2, 5, 40).to(dtype)
+    big_w = (torch.randn(11, 48) / 6).to(dtype)
+    x, w = big_x[..., 3:35], big_w[:, 5:37]  # row strides 40 and 48, K = 32
+    assert not x.is_contiguous() and not w.is_contiguous() and w.stride(1) == 1
+    check(x, w, torch.randn(11).to(dtype))
+    xt = torch.randn(32, 7).to(dtype).t()  # unit stride along M, not K: copied before the kernel
+    check(xt, w, None)
+
+
+def test_empty_rows_and_nonfinite_inputs(seed):
+    x, w, b = case(6, 9, 20, torch.float32, True)
+    assert rowwise_linear(x[:0], w, b).shape == (0, 9)
+    x[1, 3] = float("nan")
+    x[4, 0] = float("inf")
+    check(x, w, b)  # NaN / inf land where F.linear in fp64 puts them
+
+
+def test_bad_input_raises():
+    x, w, b = case(2, 3, 4, torch.float32, True)
+    with pytest.raises(ValueError, match="last dimension of K = 4"):
+        rowwise_linear(torch.randn(2, 5), w)
+    with pytest.raises(TypeError, match="weight: expected dtype"):
+        rowwise_linear(x, w.bfloat16())
+    with pytest.raises(ValueError, match=r"bias: expected shape \(3,\)"):
+        rowwise_linear(x, w, torch.randn(4))
+    with pytest.raises(ValueError, match="backend"):
+        rowwise_linear(x, w, backend="triton")
+    with pytest.raises(TypeError, match="x: expected dtype"):
+        rowwise_linear(x.double(), w.double())
