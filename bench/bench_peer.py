@@ -105,7 +105,8 @@ def shape_of(spec: dict) -> str:
     """The `shape` column: model and workload, and the shared loss settings."""
     c = spec["config"]
     return (f"model={spec['name']}({os.path.basename(spec['model'])}),P={spec['P']},G={spec['G']},"
-            f"max_tokens={spec['T']},our_sampler={c['sampler']['backend']}-{c['sampler']['dtype']},"
+            f"max_tokens={spec['T']},our_sampler={c['sampler']['backend']}-{c['sampler']['dtype']}"
+            f"{'-plain_gemm' if c['sampler'].get('cpu_gemm') == 'plain' else ''},"
             f"our_is={c['loss']['is_mode'] or 'none'},lr={c['optim']['lr']:g},"
             f"beta={c['loss']['beta']:g},"
             f"loss={c['loss']['loss_agg']}/{LOSS_TYPE[c['loss']['loss_agg']]},warmup={spec['warmup']},"
