@@ -326,7 +326,7 @@ class VLLMSampler:
         if woke:
             self._wake_up(["weights"])
         buckets = list(weight_buckets(pairs, self.bucket_bytes))
-        stale = self._cpu_gemm_snapshot()
+        stale = {} if self.plain_gemm else self._cpu_gemm_snapshot()  # plain GEMMs read the weights: never stale
         if path == "copy":
             with torch.no_grad():
                 self._worker().model_runner.get_model().load_weights(p for b in buckets for p in b)
