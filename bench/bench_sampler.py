@@ -2,12 +2,18 @@
 memcpy rate, for the tiny test model and a ~100M-parameter random Qwen2.
 
     python -m bench.bench_sampler [--quick] [--threads N] [--models tiny,100m] [--workload PxNxT] [--reps R]
-                                  [--cpu-gemm onednn,plain] [--wait-quiet S] [--out CSV]
+                                  [--cpu-gemm onednn,plain] [--prompt-words W] [--block-size B]
+                                  [--wait-quiet S] [--out CSV]
 
 Generation: P prompts x n completions x max_tokens (written in each row's shape), temperature 1, logprobs
 on; the providers alternate within every round (vllm, torch, vllm, torch, ...) after a warm-up call each;
 tokens/s = completion tokens of the call / its wall time; the speedup row is the per-round ratio.
-The random models rarely sample EOS, so nearly every completion is max_tokens long.
+The random models rarely sample EOS, so nearly every completion is max_tokens long. Prompts are
+"What is a + b?" (28 tokens with the chat template), followed by W filler words with --prompt-words W
+(~6.5 tokens each: W = 15 gives ~125-token prompts); the row's shape gives the mean prompt length.
+vLLM's prefix cache is reset before every call (untimed), as a weight sync does in training, so no call
+reuses an earlier call's prompt blocks; within a call, the n completions of a prompt share its full KV
+blocks (VLLMSampler's CPU block size is 32 unless --block-size says otherwise; the shape names it).
 
 Both run for each VLLMSampler `cpu_gemm` mode (--cpu-gemm): "onednn" (vLLM's packed GEMMs; providers
 `vllm`, `vllm:reload`, `vllm:native`) and "plain" (weights kept as loaded, grpo's row-streaming GEMM;
@@ -51,27 +57,31 @@ def ensure_model(name: str):
     return folder
 
 
-def prompts_for(P: int) -> list[str]:
-    return [f"What is {a} + {a + 3}?" for a in range(P)]
+def prompts_for(P: int, words: int = 0) -> list[str]:
+    filler = "".join(" word" for _ in range(words))
+    return [f"What is {a} + {a + 3}?{filler}" for a in range(P)]
 
 
 # cpu_gemm mode -> (generation provider, weight-sync paths); "onednn" is vLLM's own packed GEMMs
 MODES = {"onednn": ("vllm", ("reload", "native")), "plain": ("vllm-plain", ("copy",))}
 
 
-def bench_generate(vs, ts, P, n, T, reps, vname="vllm"):
-    """Interleaved generation rounds; returns {provider: [tokens/s per call]}."""
-    prompts, cfg = prompts_for(P), SamplingConfig(n=n, max_tokens=T, temperature=1.0)
+def bench_generate(vs, ts, P, n, T, reps, vname="vllm", words=0):
+    """Interleaved generation rounds; returns {provider: [tokens/s per call]} and the mean prompt length."""
+    prompts, cfg = prompts_for(P, words), SamplingConfig(n=n, max_tokens=T, temperature=1.0)
     tps = {vname: [], "torch": []}
     fns = {vname: vs.generate, "torch": ts.generate}
     for name, fn in fns.items():  # warm-up (vLLM's first logprobs request compiles a kernel)
-        fn(prompts, cfg)
+        r = fn(prompts, cfg)
+    plen = sum(len(p) for p in vs.encode(prompts)) / P
     for _ in range(reps):
         for name, fn in fns.items():
+            if name == vname:
+                vs.llm.reset_prefix_cache()
             t0 = time.perf_counter()
             r = fn(prompts, cfg)
             tps[name].append(r.num_completion_tokens / (time.perf_counter() - t0))
-    return tps
+    return tps, plen
 
 
 class RepackTimer:
@@ -128,7 +138,8 @@ def run_model(a, sink, name):
     rates, shares, nbytes, bucket = {}, {}, 0, 0
     for i, mode in enumerate(a.cpu_gemm):
         vname, paths = MODES[mode]
-        vs = VLLMSampler(folder, max_model_len=512, weight_transfer="native", threads=a.threads, cpu_gemm=mode)
+        vs = VLLMSampler(folder, max_model_len=512, weight_transfer="native", threads=a.threads, cpu_gemm=mode,
+                         block_size=a.block_size)
         try:
             nbytes = sum(t.numel() * t.element_size() for k, t in ts.model.state_dict().items()
                          if not (vs.tied and k == "lm_head.weight"))  # what a sync moves (tied lm_head skipped)
@@ -137,8 +148,9 @@ def run_model(a, sink, name):
             if a.wait_quiet:
                 print(f"background load before timing: {100 * common.wait_quiet(a.wait_quiet):.0f}%")
             print(common.busy_note())
-            tps = bench_generate(vs, ts, P, n, T, a.reps, vname)
-            shape = f"{label},P={P},n={n},max_tokens={T}"
+            tps, plen = bench_generate(vs, ts, P, n, T, a.reps, vname, a.prompt_words)
+            block = vs.llm.llm_engine.vllm_config.cache_config.block_size
+            shape = f"{label},P={P},n={n},max_tokens={T},prompt_tokens={plen:.0f},block_size={block}"
             for prov, xs in tps.items():
                 q = common.quantiles(xs)
                 sink.add("generate", prov, "vllm-cpu" if prov.startswith("vllm") else "transformers", "float32",
@@ -179,6 +191,10 @@ def parse_args(argv=None):
     p.add_argument("--reps", type=int, default=None, help="timed rounds (default 3, quick 2)")
     p.add_argument("--cpu-gemm", default="onednn,plain", help="comma-separated VLLMSampler cpu_gemm modes: "
                    "onednn (vLLM's packed GEMMs), plain (weights as loaded, grpo's row-streaming kernel)")
+    p.add_argument("--prompt-words", type=int, default=0, help="filler words after each prompt's question "
+                   "(~6.5 tokens each), for workloads with longer prompts")
+    p.add_argument("--block-size", type=int, default=None, help="VLLMSampler block_size (default: its own, "
+                   "32 on CPU)")
     p.add_argument("--wait-quiet", type=float, default=0, help="wait up to this many seconds for other "
                    "processes to go quiet before timing each model (shared machines)")
     p.add_argument("--out", default=None, help="CSV to append to (default bench/results/bench_sampler.csv)")

@@ -63,6 +63,10 @@ class SamplerConfig:
     cpu_kv_cache_gib: int = 1
     enforce_eager: bool = True
     prefix_caching: bool = True
+    # KV block size in tokens; 0: 32 on CPU (vLLM's own default there, 128, lets no prompt under 128 tokens
+    # share), vLLM's default on GPU. Prefix caching shares full blocks only, also among the n completions of
+    # one prompt scheduled in the same step: a group's prompt is prefilled once plus its last partial block
+    block_size: int = 0
     bucket_mb: int = 256              # weight-sync bucket size
     # CPU GEMMs of vLLM: onednn (packed weights, re-packed at every sync) | plain (weights as loaded, synced by
     # an in-place copy; decode GEMMs ~1.4x slower): bench/README.md "Sampler" has the measured trade-off
@@ -346,6 +350,8 @@ def validate(cfg: Config) -> None:
     need(o.max_grad_norm >= 0, "optim.max_grad_norm", "a number >= 0", o.max_grad_norm)
     need(cfg.model.dtype in ("float32", "bfloat16"), "model.dtype", "float32 | bfloat16", cfg.model.dtype)
     need(cfg.sampler.backend in ("vllm", "torch"), "sampler.backend", "vllm | torch", cfg.sampler.backend)
+    need(cfg.sampler.block_size >= 0 and cfg.sampler.block_size % 16 == 0, "sampler.block_size",
+         "0 (auto) or a multiple of 16 (of 32 on CPU)", cfg.sampler.block_size)
     need(cfg.sampler.cpu_gemm in ("onednn", "plain"), "sampler.cpu_gemm", "onednn | plain", cfg.sampler.cpu_gemm)
     need(cfg.rewards.on_error in ("raise", "zero"), "rewards.on_error", "raise | zero", cfg.rewards.on_error)
     need(cfg.data.on_error in ("raise", "skip"), "data.on_error", "raise | skip", cfg.data.on_error)

@@ -51,6 +51,7 @@ def test_files_then_overrides(tmp_path):
     ("rewards.on_error=ignore", "rewards.on_error"),
     ("train.advantage_scale=wide", "advantage_scale"),
     ("loss.temperature=0.5", "loss.temperature"),
+    ("sampler.block_size=20", "sampler.block_size"),
     ("nonsense", "key=value"),
     ("train=3", "train: expected a mapping"),
 ])

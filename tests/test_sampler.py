@@ -119,6 +119,19 @@ def test_sampling_logprobs_are_after_temperature(engine, hf):
     assert raw_gap > 1e-2, "logprobs look like raw (temperature 1) logprobs, not processed ones"
 
 
+def test_group_shares_prompt_blocks_with_exact_logprobs(engine, hf, long_prompt):
+    """The n completions of a prompt of two full blocks + 8 tokens, scheduled in one step, share its
+    full KV blocks (prefix cache); their logprobs still equal HF's, and the CPU default block is 32."""
+    from grpo.sampler.vllm_sampler import CPU_BLOCK_SIZE
+    assert CPU_BLOCK_SIZE == BLOCK
+    assert engine._engine_kwargs(max_model_len=None, block_size=None)["block_size"] == CPU_BLOCK_SIZE
+    engine.llm.reset_prefix_cache()
+    r = engine.generate([long_prompt], SamplingConfig(n=4, max_tokens=6, temperature=1.0))
+    worst = max(float((lp - hf_logp(hf[0], p, c, 1.0)).abs().max()) for p, c, lp in rows(r))
+    assert worst < TOL, f"shared-prefix completions vs HF fp32: max |diff| {worst:.2e}"
+    assert len({tuple(c) for _, c, _ in rows(r)}) > 1
+
+
 def test_top_k_top_p_logprobs_renormalized(engine, hf):
     """With top-k / top-p the sampler's logprobs are over the kept nucleus (vLLM's processed_logprobs),
     which TorchSampler's mask_top_k_top_p reproduces."""
