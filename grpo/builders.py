@@ -41,7 +41,8 @@ def build_sampler(cfg: Config, model_path: Path):
                            gpu_memory_utilization=sc.gpu_memory_utilization, cpu_kv_cache_gib=sc.cpu_kv_cache_gib,
                            enforce_eager=sc.enforce_eager, seed=cfg.train.seed,
                            enable_prefix_caching=sc.prefix_caching, bucket_bytes=sc.bucket_mb << 20,
-                           block_size=sc.block_size or None, cpu_gemm=sc.cpu_gemm)
+                           block_size=sc.block_size or None, cpu_gemm=sc.cpu_gemm,
+                           plain_torch_rows=sc.plain_torch_rows)
     from .sampler.torch_sampler import TorchSampler
     return TorchSampler(str(model_path), dtype=sc.dtype)
 

@@ -71,6 +71,7 @@ class SamplerConfig:
     # CPU GEMMs of vLLM: onednn (packed weights, re-packed at every sync) | plain (weights as loaded, synced by
     # an in-place copy; decode GEMMs ~1.4x slower): bench/README.md "Sampler" has the measured trade-off
     cpu_gemm: str = "onednn"
+    plain_torch_rows: int = 64        # plain mode: GEMMs of >= this many rows (prefills) use F.linear; 0: never
     sleep_between_rollouts: bool = True  # GPU: free the KV cache while training (no-op on CPU)
     sync_check_every: int = 0         # check_in_sync every K steps (0: never); raises above sync_tolerance
     sync_tolerance: float = 1e-3
@@ -352,6 +353,7 @@ def validate(cfg: Config) -> None:
     need(cfg.sampler.backend in ("vllm", "torch"), "sampler.backend", "vllm | torch", cfg.sampler.backend)
     need(cfg.sampler.block_size >= 0 and cfg.sampler.block_size % 16 == 0, "sampler.block_size",
          "0 (auto) or a multiple of 16 (of 32 on CPU)", cfg.sampler.block_size)
+    need(cfg.sampler.plain_torch_rows >= 0, "sampler.plain_torch_rows", "an int >= 0", cfg.sampler.plain_torch_rows)
     need(cfg.sampler.cpu_gemm in ("onednn", "plain"), "sampler.cpu_gemm", "onednn | plain", cfg.sampler.cpu_gemm)
     need(cfg.rewards.on_error in ("raise", "zero"), "rewards.on_error", "raise | zero", cfg.rewards.on_error)
     need(cfg.data.on_error in ("raise", "skip"), "data.on_error", "raise | skip", cfg.data.on_error)

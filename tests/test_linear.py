@@ -65,3 +65,22 @@ def test_bad_input_raises():
         rowwise_linear(x, w, backend="triton")
     with pytest.raises(TypeError, match="x: expected dtype"):
         rowwise_linear(x.double(), w.double())
+
+
+@pytest.mark.parametrize("shape,torch_rows,streams", [((3, 20), 0, True), ((63, 20), 64, True),
+                                                      ((64, 20), 64, False), ((2, 50, 20), 64, False),
+                                                      ((2, 31, 20), 64, True), ((500, 20), 0, True)])
+def test_plain_linear_sends_prefills_to_torch(monkeypatch, shape, torch_rows, streams):
+    """vLLM's plain-mode GEMM: the row-streaming kernel below torch_rows rows of x (any leading dims), F.linear
+    from there on (0: never); either way the result is F.linear's under the rule."""
+    import grpo.sampler.cpu_gemm as cg
+    calls = []
+
+    def spy(*a, **k):
+        calls.append(a[0].shape)
+        return rowwise_linear(*a, **k)
+    monkeypatch.setattr(cg, "rowwise_linear", spy)
+    x, w = torch.randn(*shape), torch.randn(9, 20) / 20 ** 0.5
+    y = cg.plain_linear(x, w, None, torch_rows=torch_rows)
+    assert bool(calls) == streams
+    check_rule("y", y, F.linear(x, w), F.linear(x.double(), w.double()))

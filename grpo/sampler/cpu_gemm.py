@@ -10,6 +10,7 @@ update is a copy into it through vLLM's own per-parameter loaders (VLLMSampler w
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -18,34 +19,38 @@ from grpo.ops._checks import FLOAT_DTYPES
 from grpo.ops.linear import rowwise_linear
 
 
-def plain_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def plain_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                 torch_rows: int = 0) -> torch.Tensor:
     """vLLM's `layer.cpu_linear(x, weight, bias)`: x (..., K), weight (N, K) -> (..., N). The row-streaming
-    kernel at every row count: on a 2-core AVX-512 EPYC it measured 1.15-1.6x oneDNN's packed GEMM time for
-    M = 8..128 and 2-3x faster than F.linear, which packs the weight again at every call."""
-    if x.dtype == weight.dtype and (bias is None or bias.dtype == x.dtype):
+    kernel below `torch_rows` rows of x (0: at every row count), F.linear from there on. F.linear packs the
+    weight again at every call, which only many rows (a prefill) amortize: on a 2-core AVX-512 EPYC the
+    kernel was 2-3x faster than F.linear for M = 8..128; on a 2-core AVX-512 Xeon (a 100M model's layers)
+    it was 1.7x faster at M = 8, equal at 32, and F.linear 1.2x faster at 64, 1.6x at 128, 2.5x at 1000."""
+    rows = x.numel() // max(x.shape[-1], 1)
+    if x.dtype == weight.dtype and (bias is None or bias.dtype == x.dtype) and not 0 < torch_rows <= rows:
         return rowwise_linear(x, weight, bias, backend="cpu")
     return F.linear(x, weight, bias)
 
 
-def _dispatch_plain(original):
+def _dispatch_plain(original, torch_rows: int):
     def dispatch(layer: torch.nn.Module, remove_weight: bool) -> None:
         w = getattr(layer, "weight", None)
         if not isinstance(w, torch.Tensor) or w.is_meta or w.dim() != 2 or w.dtype not in FLOAT_DTYPES:
             return original(layer, remove_weight)  # MoE / conv weights and missing layers: vLLM's own way
-        layer.cpu_linear = plain_linear
+        layer.cpu_linear = functools.partial(plain_linear, torch_rows=torch_rows)
     return dispatch
 
 
 @contextlib.contextmanager
-def plain_cpu_gemm(enabled: bool = True):
-    """While active, vLLM's CPU GEMM dispatch keeps weights as loaded and uses `plain_linear` (wrap the
-    engine's construction and every reload in it); restores vLLM's dispatch on exit."""
+def plain_cpu_gemm(enabled: bool = True, torch_rows: int = 0):
+    """While active, vLLM's CPU GEMM dispatch keeps weights as loaded and uses `plain_linear` with
+    `torch_rows` (wrap the engine's construction and every reload in it); restores vLLM's dispatch on exit."""
     if not enabled:
         yield
         return
     import vllm.model_executor.layers.utils as U
     original = U.dispatch_cpu_unquantized_gemm
-    U.dispatch_cpu_unquantized_gemm = _dispatch_plain(original)
+    U.dispatch_cpu_unquantized_gemm = _dispatch_plain(original, torch_rows)
     try:
         yield
     finally:

@@ -147,7 +147,9 @@ class VLLMSampler:
     model_path: a Hugging Face model folder. dtype: the engine's weight dtype ("float32", "bfloat16", ...).
     max_model_len: prompt + completion cap (None: the model's own). weight_transfer: "auto" (GPU: "native",
     CPU: "copy" with cpu_gemm="plain", else "reload"), "native", "reload" or "copy". cpu_gemm: "onednn"
-    (vLLM's packed GEMMs) or "plain" (weights kept as loaded; ignored on GPU). block_size: KV block size in
+    (vLLM's packed GEMMs) or "plain" (weights kept as loaded; ignored on GPU). plain_torch_rows: in plain
+    mode, GEMMs of this many rows or more (prefills) call F.linear instead of the row-streaming kernel (0:
+    never; grpo/sampler/cpu_gemm.py has the measured crossover). block_size: KV block size in
     tokens (None: CPU_BLOCK_SIZE on CPU, vLLM's default on GPU). Other keyword arguments go to `vllm.LLM`.
     """
 
@@ -155,7 +157,8 @@ class VLLMSampler:
                  gpu_memory_utilization: float = 0.4, cpu_kv_cache_gib: float = 1, enforce_eager: bool = True,
                  seed: int = 0, enable_prefix_caching: bool = True, block_size: Optional[int] = None,
                  bucket_bytes: int = 256 << 20, weight_transfer: str = "auto", threads: Optional[int] = None,
-                 cache_root=None, chat_template: bool = True, cpu_gemm: str = "onednn", **llm_kwargs):
+                 cache_root=None, chat_template: bool = True, cpu_gemm: str = "onednn", plain_torch_rows: int = 64,
+                 **llm_kwargs):
         if weight_transfer not in ("auto", "native", "reload", "copy"):
             raise ValueError(f"weight_transfer: expected 'auto', 'native', 'reload' or 'copy', got {weight_transfer!r}")
         if cpu_gemm not in ("onednn", "plain"):
@@ -172,6 +175,9 @@ class VLLMSampler:
             cache_root = cache_dir()
         configure_vllm_env(cpu_kv_cache_gib=cpu_kv_cache_gib, cache_root=Path(cache_root), threads=threads)
         self.plain_gemm = cpu_gemm == "plain" and not self.on_gpu
+        if not isinstance(plain_torch_rows, int) or plain_torch_rows < 0:
+            raise ValueError(f"plain_torch_rows: expected an int >= 0, got {plain_torch_rows!r}")
+        self.plain_torch_rows = plain_torch_rows
         if weight_transfer == "auto":
             weight_transfer = "native" if self.on_gpu else "copy" if self.plain_gemm else "reload"
         if weight_transfer == "copy" and not self.plain_gemm:
@@ -191,7 +197,7 @@ class VLLMSampler:
         t0 = time.perf_counter()
         self._set_num_threads = torch.set_num_threads  # the CPU worker replaces it with a no-op
         from vllm import LLM
-        with plain_cpu_gemm(self.plain_gemm):
+        with plain_cpu_gemm(self.plain_gemm, self.plain_torch_rows):
             self.llm = LLM(**self._engine_kwargs(dtype=dtype, enforce_eager=enforce_eager, seed=seed,
                                                  enable_prefix_caching=enable_prefix_caching,
                                                  gpu_memory_utilization=gpu_memory_utilization,
@@ -340,10 +346,10 @@ class VLLMSampler:
             with torch.no_grad():
                 self._worker().model_runner.get_model().load_weights(p for b in buckets for p in b)
         elif path == "reload":
-            with plain_cpu_gemm(self.plain_gemm):
+            with plain_cpu_gemm(self.plain_gemm, self.plain_torch_rows):
                 self._worker().reload_weights(weights_iterator=(p for b in buckets for p in self._to_device(b)))
         else:
-            with plain_cpu_gemm(self.plain_gemm):
+            with plain_cpu_gemm(self.plain_gemm, self.plain_torch_rows):
                 self._load_native(buckets)
         self._refresh_stale_cpu_gemms(stale)
         if self.on_gpu:
@@ -429,7 +435,7 @@ class VLLMSampler:
                 raise RuntimeError("wake: the engine slept at level 2 and discarded its weights; call "
                                    "update_weights(model) with the full weights, or wake(reload_from_disk=True)")
             self._wake_up(["weights"])
-            with plain_cpu_gemm(self.plain_gemm):
+            with plain_cpu_gemm(self.plain_gemm, self.plain_torch_rows):
                 self._worker().reload_weights()  # from model_path, through the same layerwise loader
             if self.on_gpu:
                 torch.cuda.empty_cache()
