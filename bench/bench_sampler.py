@@ -72,7 +72,7 @@ def bench_generate(vs, ts, P, n, T, reps, vname="vllm", words=0):
     tps = {vname: [], "torch": []}
     fns = {vname: vs.generate, "torch": ts.generate}
     for name, fn in fns.items():  # warm-up (vLLM's first logprobs request compiles a kernel)
-        r = fn(prompts, cfg)
+        fn(prompts, cfg)
     plen = sum(len(p) for p in vs.encode(prompts)) / P
     for _ in range(reps):
         for name, fn in fns.items():

@@ -70,7 +70,8 @@ def test_bad_input_raises():
 @pytest.mark.parametrize("shape,torch_rows,streams", [((3, 20), 0, True), ((63, 20), 64, True),
                                                       ((64, 20), 64, False), ((2, 50, 20), 64, False),
                                                       ((2, 31, 20), 64, True), ((500, 20), 0, True)])
-def test_plain_linear_sends_prefills_to_torch(monkeypatch, shape, torch_rows, streams):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_plain_linear_sends_prefills_to_torch(monkeypatch, shape, torch_rows, streams, dtype):
     """vLLM's plain-mode GEMM: the row-streaming kernel below torch_rows rows of x (any leading dims), F.linear
     from there on (0: never); either way the result is F.linear's under the rule."""
     import grpo.sampler.cpu_gemm as cg
@@ -80,7 +81,7 @@ def test_plain_linear_sends_prefills_to_torch(monkeypatch, shape, torch_rows, st
         calls.append(a[0].shape)
         return rowwise_linear(*a, **k)
     monkeypatch.setattr(cg, "rowwise_linear", spy)
-    x, w = torch.randn(*shape), torch.randn(9, 20) / 20 ** 0.5
+    x, w = torch.randn(*shape).to(dtype), (torch.randn(9, 20) / 20 ** 0.5).to(dtype)
     y = cg.plain_linear(x, w, None, torch_rows=torch_rows)
-    assert bool(calls) == streams
+    assert bool(calls) == streams and y.dtype == dtype
     check_rule("y", y, F.linear(x, w), F.linear(x.double(), w.double()))

@@ -136,7 +136,7 @@ def _chosen_logprobs(lp, toks: list[int], i: int) -> list[float]:
 # vLLM's CPU default (128 tokens) shares no prompt shorter than 128 tokens; 32 is the smallest block its CPU
 # attention takes. Prefix caching shares full blocks, also among the n completions of a prompt scheduled
 # in the same step, so a group's prompt is prefilled about once instead of n times (100M model, 8 prompts
-# of ~125 tokens x 4 completions x 32 tokens: 2.97 s per call instead of 4.72 s, bench/README.md "Sampler").
+# of 103 tokens x 4 completions x 32 tokens: 411 tok/s instead of 234 with 128, bench/README.md "Sampler").
 CPU_BLOCK_SIZE = 32
 
 
@@ -197,7 +197,7 @@ class VLLMSampler:
         t0 = time.perf_counter()
         self._set_num_threads = torch.set_num_threads  # the CPU worker replaces it with a no-op
         from vllm import LLM
-        with plain_cpu_gemm(self.plain_gemm, self.plain_torch_rows):
+        with self._cpu_gemm():
             self.llm = LLM(**self._engine_kwargs(dtype=dtype, enforce_eager=enforce_eager, seed=seed,
                                                  enable_prefix_caching=enable_prefix_caching,
                                                  gpu_memory_utilization=gpu_memory_utilization,
@@ -208,6 +208,10 @@ class VLLMSampler:
             self._worker().init_weight_transfer_engine({})
         self.startup_seconds = time.perf_counter() - t0
         self.sleep_level = 0
+
+    def _cpu_gemm(self):
+        """The context every construction and load of vLLM's linear layers runs in (grpo/sampler/cpu_gemm.py)."""
+        return plain_cpu_gemm(self.plain_gemm, self.plain_torch_rows)
 
     def _engine_kwargs(self, *, max_model_len, block_size, **kw) -> dict:
         """vllm.LLM arguments: processed logprobs, sleep mode on GPU, the in-process weight-transfer
@@ -346,10 +350,10 @@ class VLLMSampler:
             with torch.no_grad():
                 self._worker().model_runner.get_model().load_weights(p for b in buckets for p in b)
         elif path == "reload":
-            with plain_cpu_gemm(self.plain_gemm, self.plain_torch_rows):
+            with self._cpu_gemm():
                 self._worker().reload_weights(weights_iterator=(p for b in buckets for p in self._to_device(b)))
         else:
-            with plain_cpu_gemm(self.plain_gemm, self.plain_torch_rows):
+            with self._cpu_gemm():
                 self._load_native(buckets)
         self._refresh_stale_cpu_gemms(stale)
         if self.on_gpu:
@@ -435,7 +439,7 @@ class VLLMSampler:
                 raise RuntimeError("wake: the engine slept at level 2 and discarded its weights; call "
                                    "update_weights(model) with the full weights, or wake(reload_from_disk=True)")
             self._wake_up(["weights"])
-            with plain_cpu_gemm(self.plain_gemm, self.plain_torch_rows):
+            with self._cpu_gemm():
                 self._worker().reload_weights()  # from model_path, through the same layerwise loader
             if self.on_gpu:
                 torch.cuda.empty_cache()
