@@ -9,11 +9,18 @@
 #   rm -rf .snap && mkdir .snap && git archive HEAD | tar -x -C .snap && git rev-parse --short HEAD > .snap/.rev
 # (.snap is in .git/info/exclude; the device call carries it and runs `cd .snap && bash bench/gpu_session.sh ...`).
 #
-# Each step's output goes to $OUT/<step>.log; a failed step is reported and the next one still runs.
+# Each step's output goes to $LOGS/<step>.log; a failed step is reported and the next one still runs.
+# STEP_TIMEOUT (seconds, default 240) caps each step, so one hung step cannot eat the lease; a bench step
+# takes its arguments from BENCH_ARGS_<name> (e.g. BENCH_ARGS_loss="--dtypes bf16"), else BENCH_ARGS;
+# test steps run under pytest-xdist with TEST_WORKERS processes (default 12) when it is installed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-/tmp/grpo-gpu-out}
-mkdir -p "$OUT"
+# The device tool returns at most 8 files, so the logs live in LOGS and every step re-packs them into
+# $OUT/session.tgz (a step killed by its timeout still leaves the earlier steps' logs).
+RESULT=${OUT:-/tmp/grpo-gpu-out}
+OUT=${LOGS:-/tmp/grpo-gpu-logs}
+mkdir -p "$OUT" "$RESULT"
+pack() { tar -czf "$RESULT/session.tgz.tmp" -C "$OUT" . && mv "$RESULT/session.tgz.tmp" "$RESULT/session.tgz"; }
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 PY=${PY:-python3}
 [ -f .rev ] && export GRPO_GIT_REV="$(cat .rev)"
@@ -23,11 +30,12 @@ step() {  # step NAME CMD...: runs CMD with its output in $OUT/NAME.log, prints 
   local name=$1; shift
   local t0=$SECONDS
   echo "== $name: $*"
-  "$@" > "$OUT/$name.log" 2>&1
+  timeout -k 10 "${STEP_TIMEOUT:-240}" "$@" > "$OUT/$name.log" 2>&1
   local rc=$?
   tail -n "${TAIL:-25}" "$OUT/$name.log"
   echo "== $name: exit $rc in $((SECONDS - t0)) s"
   [ $rc -eq 0 ] || status=1
+  pack
 }
 
 for s in "$@"; do
@@ -41,11 +49,14 @@ for s in "$@"; do
       grep -E "ptxas info|spill" "$OUT/build.log" > "$OUT/ptxas.txt" || true
       $PY -c "import grpo._C as C, grpo.kernels as K, torch; print('grpo._C', C.__file__, 'triton backend:', K.AVAILABLE, 'cuda:', torch.cuda.get_device_name())" ;;
     test:*)
-      step "test_$(basename "${s#test:}" .py)" $PY -m pytest -q -x -p no:cacheprovider "${s#test:}" ;;
+      xdist=(); $PY -c "import xdist" 2>/dev/null && xdist=(-n "${TEST_WORKERS:-12}")
+      step "test_$(basename "${s#test:}" .py)" $PY -m pytest -q -p no:cacheprovider "${xdist[@]}" "${s#test:}" ;;
     bench:*)
-      step "bench_${s#bench:}" $PY -m "bench.bench_${s#bench:}" --device cuda ${BENCH_ARGS:-}
+      args_var="BENCH_ARGS_${s#bench:}"
+      step "bench_${s#bench:}" $PY -m "bench.bench_${s#bench:}" --device cuda ${!args_var:-${BENCH_ARGS:-}}
       cp bench/results/*.csv "$OUT/" 2>/dev/null ;;
     *) echo "unknown step $s"; status=1 ;;
   esac
 done
+pack
 exit $status
