@@ -34,6 +34,7 @@ LOG2E = tl.constexpr(1.4426950408889634)     # jit code may read module globals 
 FLT_MAX = tl.constexpr(3.4028234663852886e38)
 MAX_BLOCK_V = None  # tests set a small value to force the multi-tile loop on small V
 ROW_ELEMS = 2048    # elements a program holds per tile when several short rows share it
+TILE = None         # (BLOCK_V, ROWS, num_warps, num_stages or None, L2 hints) for every row launch (tune_triton)
 
 
 # --- @triton.jit row helpers --------------------------------------------------------------------------
@@ -66,8 +67,9 @@ def _to_out(val, out_ptr, BF16_RNE: tl.constexpr):
 
 @triton.jit
 def _row_stats(row_ptr, row_ok, V, T, Tlo, invT, lo, hi, HAS_T: tl.constexpr, WITH_ENT: tl.constexpr,
-               BLOCK_V: tl.constexpr, ROWS: tl.constexpr):
-    """(m, s, t) of z = row / T for ROWS rows; row_ptr (ROWS,) pointers, row_ok (ROWS,) bool."""
+               BLOCK_V: tl.constexpr, ROWS: tl.constexpr, KEEP_L2: tl.constexpr = False):
+    """(m, s, t) of z = row / T for ROWS rows; row_ptr (ROWS,) pointers, row_ok (ROWS,) bool. KEEP_L2: the
+    loads ask L2 to keep the row (evict_last) for a second pass over it."""
     cols0 = tl.arange(0, BLOCK_V)
     m = tl.full([ROWS], float("-inf"), tl.float32)
     s = tl.zeros([ROWS, BLOCK_V], tl.float32)
@@ -75,8 +77,11 @@ def _row_stats(row_ptr, row_ok, V, T, Tlo, invT, lo, hi, HAS_T: tl.constexpr, WI
     for start in range(0, V, BLOCK_V):
         cols = start + cols0
         msk = row_ok[:, None] & (cols < V)[None, :]
-        x = tl.load(row_ptr[:, None] + cols[None, :], mask=msk, other=float("-inf")).to(tl.float32)
-        z = _scale(x, T, Tlo, invT, lo, hi, HAS_T)
+        if KEEP_L2:
+            x = tl.load(row_ptr[:, None] + cols[None, :], mask=msk, other=float("-inf"), eviction_policy="evict_last")
+        else:
+            x = tl.load(row_ptr[:, None] + cols[None, :], mask=msk, other=float("-inf"))
+        z = _scale(x.to(tl.float32), T, Tlo, invT, lo, hi, HAS_T)
         m_new = tl.maximum(m, tl.max(z, axis=1))
         base = tl.where(m_new == float("-inf"), 0.0, m_new)  # nothing finite yet: keep -inf - -inf out
         dm = m - base                                         # <= 0; -inf for an empty state (c = 0)
@@ -112,12 +117,13 @@ def _finish_stats(x_t, m, s, t, T, Tlo, invT, lo, hi, HAS_T: tl.constexpr):
 @triton.jit
 def _grad_pass(row_ptr, out_ptr, row_ok, tgt, x_t, m, logs, H, g, ge, V, T, Tlo, invT, lo, hi,
                HAS_T: tl.constexpr, HAS_ENT: tl.constexpr, REVERSE: tl.constexpr, BF16_RNE: tl.constexpr,
-               BLOCK_V: tl.constexpr, ROWS: tl.constexpr):
+               BLOCK_V: tl.constexpr, ROWS: tl.constexpr, STREAM: tl.constexpr = False):
     """dlogits rows: a p_j (+ b p_j (log p_j + H)), a = -g / T, b = -ge / T; at the target
     g (1 - p_t) / T (+ the same entropy term), computed once per row from x_t, which every thread read
     before the caller's barrier (out may alias the row). Each element is loaded and stored by the same
     thread in the same tile, so in place is safe. REVERSE walks the tiles last to first: right after pass 1
-    the row's tail is the part most likely still in L2."""
+    the row's tail is the part most likely still in L2. STREAM: this pass's loads and stores are the last
+    use of their lines (evict_first), so they do not push other rows' first-pass lines out of L2."""
     if HAS_T:  # per-row scalars divided by the fp64 temperature
         t64 = tl.cast(T, tl.float64) + tl.cast(Tlo, tl.float64)
         a = (-g.to(tl.float64) / t64).to(tl.float32)
@@ -142,15 +148,23 @@ def _grad_pass(row_ptr, out_ptr, row_ok, tgt, x_t, m, logs, H, g, ge, V, T, Tlo,
             start = i * BLOCK_V
         cols = start + cols0
         cmask = (cols < V)[None, :]
-        x = tl.load(row_ptr[:, None] + cols[None, :], mask=cmask & live[:, None], other=0.0).to(tl.float32)
-        zl = (_scale(x, T, Tlo, invT, lo, hi, HAS_T) - m[:, None]) - logs[:, None]  # log p_j, max off first
+        if STREAM:
+            x = tl.load(row_ptr[:, None] + cols[None, :], mask=cmask & live[:, None], other=0.0,
+                        eviction_policy="evict_first")
+        else:
+            x = tl.load(row_ptr[:, None] + cols[None, :], mask=cmask & live[:, None], other=0.0)
+        zl = (_scale(x.to(tl.float32), T, Tlo, invT, lo, hi, HAS_T) - m[:, None]) - logs[:, None]  # log p_j, max off first
         p = tl.exp2(zl * LOG2E)
         val = a[:, None] * p
         if HAS_ENT:
             val = val + b[:, None] * (p * (tl.maximum(zl, -FLT_MAX) + H[:, None]))
         val = tl.where(cols[None, :] == tgt[:, None], v_t[:, None], val)
         val = tl.where(live[:, None], val, 0.0)
-        tl.store(out_ptr[:, None] + cols[None, :], _to_out(val, out_ptr, BF16_RNE), mask=cmask & row_ok[:, None])
+        if STREAM:
+            tl.store(out_ptr[:, None] + cols[None, :], _to_out(val, out_ptr, BF16_RNE), mask=cmask & row_ok[:, None],
+                     eviction_policy="evict_first")
+        else:
+            tl.store(out_ptr[:, None] + cols[None, :], _to_out(val, out_ptr, BF16_RNE), mask=cmask & row_ok[:, None])
 
 
 # --- @triton.jit kernels ------------------------------------------------------------------------------
@@ -204,14 +218,18 @@ def _softmax_grad_kernel(logits, targets, stats, ent, g_logp, g_ent, dlogits, N,
 
 # --- launchers ----------------------------------------------------------------------------------------
 def row_config(V: int, elem_bytes: int) -> tuple:
-    """(BLOCK_V, ROWS, num_warps) for rows of V elements. A tile is ~16 KiB of logits (8192 bf16 / 4096
-    fp32), 16 elements per thread at 16 / 8 warps: enough 16-byte loads in flight per thread without
-    spilling the s and t accumulators. Short rows are packed ROWS to a program (~2048 elements a tile)."""
+    """(BLOCK_V, ROWS, launch kwargs {num_warps[, num_stages]}, L2 hints) for rows of V elements (TILE
+    overrides). L2 hints: the two-pass loss kernel's cache policies (_row_stats KEEP_L2, _grad_pass STREAM).
+    A tile is ~16 KiB of logits (8192 bf16 / 4096 fp32), 16 elements per thread at 16 / 8 warps: enough
+    16-byte loads in flight per thread without spilling the s and t accumulators. Short rows are packed ROWS to a program (~2048 elements a tile)."""
+    if TILE is not None:
+        block_v, rows, num_warps, stages, hints = TILE
+        return block_v, rows, dict(num_warps=num_warps, **({} if stages is None else dict(num_stages=stages))), hints
     cap = MAX_BLOCK_V or (8192 if elem_bytes <= 2 else 4096)
     block_v = max(16, min(triton.next_power_of_2(V), cap))
     rows = max(1, min(64, ROW_ELEMS // block_v))
     num_warps = max(1, min(16, rows * block_v // 512))
-    return block_v, rows, num_warps
+    return block_v, rows, dict(num_warps=num_warps), False
 
 
 def temperature_args(temperature: float) -> dict:
@@ -246,12 +264,12 @@ def logprobs(logits2d, targets1d, temperature=1.0, with_entropy=False, want_stat
     ent = torch.empty(N, **f32) if with_entropy else None
     if N == 0:
         return logp, stats, ent
-    block_v, rows, warps = row_config(V, logits2d.element_size())
+    block_v, rows, launch, _ = row_config(V, logits2d.element_size())
     _logprobs_kernel[(triton.cdiv(N, rows),)](
         logits2d, targets1d, logp, logp if stats is None else stats, logp if ent is None else ent,
         logp if logp_lo is None else logp_lo, N, V, row_stride(logits2d), **temperature_args(temperature),
         WITH_STATS=want_stats, WITH_ENT=with_entropy, WITH_LO=logp_lo is not None,
-        BLOCK_V=block_v, ROWS=rows, num_warps=warps)
+        BLOCK_V=block_v, ROWS=rows, **launch)
     return logp, stats, ent
 
 
@@ -263,10 +281,10 @@ def softmax_grad(logits2d, targets1d, stats, entropy, g_logp, g_ent, temperature
     if N == 0:
         return out
     has_ent = g_ent is not None
-    block_v, rows, warps = row_config(V, logits2d.element_size())
+    block_v, rows, launch, _ = row_config(V, logits2d.element_size())
     _softmax_grad_kernel[(triton.cdiv(N, rows),)](
         logits2d, targets1d, stats, entropy if has_ent else g_logp, g_logp, g_ent if has_ent else g_logp, out, N, V,
         row_stride(logits2d), row_stride(out), **temperature_args(temperature), HAS_ENT=has_ent,
         BF16_RNE=bf16_rne(out), BLOCK_V=block_v,
-        ROWS=rows, num_warps=warps)
+        ROWS=rows, **launch)
     return out

@@ -151,7 +151,7 @@ def _fused_loss_kernel(logits, targets, logp_out, stats_out, ent_out, tok_loss_o
                        HAS_T: tl.constexpr, WITH_ENT: tl.constexpr, HAS_OLD: tl.constexpr, HAS_REF: tl.constexpr,
                        HAS_SAMP: tl.constexpr, IS_MODE: tl.constexpr, KL: tl.constexpr, HAS_BETA: tl.constexpr,
                        HAS_DUAL: tl.constexpr, WRITE_GRAD: tl.constexpr, BF16_RNE: tl.constexpr,
-                       BLOCK_V: tl.constexpr, ROWS: tl.constexpr):
+                       BLOCK_V: tl.constexpr, ROWS: tl.constexpr, L2_HINTS: tl.constexpr):
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     row_ok = rows < N
     rows64 = rows.to(tl.int64)
@@ -179,7 +179,8 @@ def _fused_loss_kernel(logits, targets, logp_out, stats_out, ent_out, tok_loss_o
         samp_in = tl.zeros([ROWS], tl.float32)
     # A program whose rows are all masked skips the row loop (V_eff = 0): m = -inf, s = t = 0, zeroed below.
     V_eff = tl.where(tl.max(live.to(tl.int32), axis=0) > 0, V, 0)
-    m, s, t = _row_stats(row_ptr, live, V_eff, T, Tlo, invT, lo, hi, HAS_T, WITH_ENT, BLOCK_V, ROWS)
+    m, s, t = _row_stats(row_ptr, live, V_eff, T, Tlo, invT, lo, hi, HAS_T, WITH_ENT, BLOCK_V, ROWS,
+                         L2_HINTS and WRITE_GRAD)
     logp, logs, ent, _ = _finish_stats(x_t, m, s, t, T, Tlo, invT, lo, hi, HAS_T)
     logp = tl.where(live, logp, 0.0)
     m = tl.where(live, m, 0.0)
@@ -210,7 +211,7 @@ def _fused_loss_kernel(logits, targets, logp_out, stats_out, ent_out, tok_loss_o
         tl.debug_barrier()  # x_t was read by every thread before any thread writes the row (in place)
         zero = tl.zeros([ROWS], tl.float32)
         _grad_pass(row_ptr, dlogits + rows64 * out_stride, row_ok, tgt, x_t, m, logs, zero, g, zero, V, T, Tlo, invT,
-                   lo, hi, HAS_T, False, True, BF16_RNE, BLOCK_V, ROWS)
+                   lo, hi, HAS_T, False, True, BF16_RNE, BLOCK_V, ROWS, L2_HINTS)
 
 
 @triton.jit
@@ -311,7 +312,7 @@ def fused_loss(logits2d, targets1d, coef, adv, old, ref, samp, *, mask, T_seq, e
     ent = torch.empty(N, **f32) if entropy else None
     if N == 0:
         return tok_loss, logp, ent, stats, g
-    block_v, rows, warps = row_config(V, logits2d.element_size())
+    block_v, rows, launch, hints = row_config(V, logits2d.element_size())
     dummy = coef
     _fused_loss_kernel[(triton.cdiv(N, rows),)](
         logits2d, targets1d, logp, stats, dummy if ent is None else ent, tok_loss, g,
@@ -320,7 +321,8 @@ def fused_loss(logits2d, targets1d, coef, adv, old, ref, samp, *, mask, T_seq, e
         row_stride(dlogits) if dlogits is not None else V, **temperature_args(temperature),
         **_head_args(eps_low, eps_high, dual_clip, beta, is_cap, kl, is_mode),
         WITH_ENT=bool(entropy), HAS_OLD=old is not None, HAS_REF=ref is not None, HAS_SAMP=samp is not None,
-        WRITE_GRAD=dlogits is not None, BF16_RNE=dlogits is not None and bf16_rne(dlogits), BLOCK_V=block_v, ROWS=rows, num_warps=warps)
+        WRITE_GRAD=dlogits is not None, BF16_RNE=dlogits is not None and bf16_rne(dlogits), BLOCK_V=block_v, ROWS=rows, L2_HINTS=hints,
+        **launch)
     return tok_loss, logp, ent, stats, g
 
 

@@ -58,6 +58,18 @@ def check_loss(name, shape, dtype, on_policy=False, g=None):
 
 
 SHAPES = [(2, 3, 1), (4, 5, 7), (2, 4, 1000), (1, 1, 4097), (3, 2, 4097)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("tile", [(256, 1, 1, None, True), (128, 1, 2, 2, False), (512, 1, 4, None, True)],
+                         ids=["256x1h", "128x2x2", "512x4h"])
+@pytest.mark.parametrize("name", ["default", "k3_beta"])
+def test_triton_loss_tile_overrides(seed, monkeypatch, name, tile, dtype):
+    """kernels.logprobs.TILE (bench/tune_triton.py's sweep): other tile shapes, pipelining depths and the
+    loss kernel's L2 cache hints compute the same loss and gradient (V = 1000: several tiles, one partial)."""
+    monkeypatch.setattr(tk_logprobs, "TILE", tile)
+    check_loss(name, (2, 4, 1000), dtype, g=1.0)
+    check_loss(name, (2, 4, 1000), dtype)
 CASES = [(n, False) for n in CONFIGS] + [(n, True) for n in ("default", "gspo", "is_seq_mask_gspo", "k3_beta")]
 
 
@@ -252,8 +264,10 @@ def test_triton_logprobs_inf_nan_rows(seed, small_tiles):
     g = torch.randn(2, 1, 6)
     ok = [0, 4, 5]
     for temperature in (1.0, 0.7):
-        got, cpu = [_fwd_bwd(lambda *a, b=be, **k: ops.token_logprobs(*a, backend=b, **k), logits.to(DEV),
-                             targets.to(DEV), g[0].to(DEV), g[1].to(DEV), temperature) for be in ("triton", "cpu")]
+        # the C++ twin takes CPU tensors; the Triton kernel runs on DEV (compiled on a GPU)
+        got, cpu = [_fwd_bwd(lambda *a, b=be, **k: ops.token_logprobs(*a, backend=b, **k), logits.to(d),
+                             targets.to(d), g[0].to(d), g[1].to(d), temperature) for be, d in (("triton", DEV),
+                                                                                              ("cpu", "cpu"))]
         for name, x, y in zip(("logp", "entropy", "dlogits"), got, cpu):
             assert torch.equal(torch.isnan(x), torch.isnan(y)), name
         assert bool(torch.isnan(got[0][0, 1:4]).all()) and bool(torch.isnan(got[2][0, 1:4]).all())
