@@ -3,7 +3,7 @@
 # torch): build grpo._C from source, run the GPU tests, run the GPU benchmarks, and leave logs and the
 # CSV rows under $OUT. Steps are chosen by name so one call can do only what is needed:
 #
-#   bash bench/gpu_session.sh build test:tests/test_gpu.py bench:loss bench:fused_linear
+#   bash bench/gpu_session.sh build test:tests/test_gpu.py bench:loss bench:fused_linear bench:tune_triton
 #
 # Run it from a snapshot of a commit, so work in progress does not travel and the rows name the commit:
 #   rm -rf .snap && mkdir .snap && git archive HEAD | tar -x -C .snap && git rev-parse --short HEAD > .snap/.rev
@@ -52,8 +52,11 @@ for s in "$@"; do
       xdist=(); $PY -c "import xdist" 2>/dev/null && xdist=(-n "${TEST_WORKERS:-12}")
       step "test_$(basename "${s#test:}" .py)" $PY -m pytest -q -p no:cacheprovider "${xdist[@]}" "${s#test:}" ;;
     bench:*)
-      args_var="BENCH_ARGS_${s#bench:}"
-      step "bench_${s#bench:}" $PY -m "bench.bench_${s#bench:}" --device cuda ${!args_var:-${BENCH_ARGS:-}}
+      # bench:loss runs bench/bench_loss.py; bench:tune_triton runs bench/tune_triton.py
+      name=${s#bench:}; mod=bench_$name; [ -f "bench/$mod.py" ] || mod=$name
+      [ -f "bench/$mod.py" ] || { echo "unknown bench step $s"; status=1; continue; }
+      args_var="BENCH_ARGS_$name"
+      step "bench_$name" $PY -m "bench.$mod" --device cuda ${!args_var:-${BENCH_ARGS:-}}
       cp bench/results/*.csv "$OUT/" 2>/dev/null ;;
     *) echo "unknown step $s"; status=1 ;;
   esac

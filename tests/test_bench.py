@@ -98,6 +98,21 @@ def test_bench_quick_suites_and_peer_skip(tmp_path):
     assert (out / "plots-kernels-step-peer" / "kernels_bandwidth.png").stat().st_size > 0
 
 
+def test_tune_triton_dry_run_on_the_interpreter(tmp_path):
+    """bench/tune_triton.py under TRITON_INTERPRET=1 on a tiny shape: every tile (hints and stages too) is
+    checked against the default tile (max |d| printed, 0 up to rounding order) and gets time rows."""
+    env = dict(_env(tmp_path), TRITON_INTERPRET="1")
+    out = tmp_path / "tune.csv"
+    r = _run([sys.executable, "-m", "bench.tune_triton", "--device", "cpu", "--shape", "4x300", "--tiles",
+              "64x1,128x2x2,256x1h", "--reps", "1", "--out", str(out)], env)
+    rows = _read(out)
+    for op in ("grpo_loss", "token_logprobs"):
+        got = {row["provider"] for row in rows if row["op"] == op and row["metric"] == "time"}
+        assert got == {"triton[default]", "triton[64x1]", "triton[128x2x2]", "triton[256x1h]"}, got
+    diffs = [float(line.split()[-1]) for line in r.stdout.splitlines() if line.strip().startswith(("64x1", "256x1h"))]
+    assert len(diffs) == 4 and max(diffs) < 1e-5, r.stdout
+
+
 def test_grpo_bench_delegates_to_python_m_bench(tmp_path):
     """`grpo bench ARGS` is `python -m bench ARGS` run from the repository root."""
     r = _run([sys.executable, "-m", "grpo.cli", "bench", "--help"], _env(tmp_path), timeout=120)
