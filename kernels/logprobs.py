@@ -25,6 +25,7 @@ Design (why):
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 import torch
 import triton
@@ -34,7 +35,7 @@ LOG2E = tl.constexpr(1.4426950408889634)     # jit code may read module globals 
 FLT_MAX = tl.constexpr(3.4028234663852886e38)
 MAX_BLOCK_V = None  # tests set a small value to force the multi-tile loop on small V
 ROW_ELEMS = 2048    # elements a program holds per tile when several short rows share it
-TILE = None         # (BLOCK_V, ROWS, num_warps, num_stages or None, L2 hints) for every row launch (tune_triton)
+TILE = None         # a Tile that every row launch uses instead of row_config's choice (bench/tune_triton.py)
 
 
 # --- @triton.jit row helpers --------------------------------------------------------------------------
@@ -67,13 +68,19 @@ def _to_out(val, out_ptr, BF16_RNE: tl.constexpr):
 
 @triton.jit
 def _row_stats(row_ptr, row_ok, V, T, Tlo, invT, lo, hi, HAS_T: tl.constexpr, WITH_ENT: tl.constexpr,
-               BLOCK_V: tl.constexpr, ROWS: tl.constexpr, KEEP_L2: tl.constexpr = False):
+               BLOCK_V: tl.constexpr, ROWS: tl.constexpr, KEEP_L2: tl.constexpr = False,
+               ROW_ACC: tl.constexpr = False):
     """(m, s, t) of z = row / T for ROWS rows; row_ptr (ROWS,) pointers, row_ok (ROWS,) bool. KEEP_L2: the
-    loads ask L2 to keep the row (evict_last) for a second pass over it."""
+    loads ask L2 to keep the row (evict_last) for a second pass over it. ROW_ACC: s and t are per-row
+    scalars summed every tile (fewer registers, one more reduction per tile) instead of per-lane vectors."""
     cols0 = tl.arange(0, BLOCK_V)
     m = tl.full([ROWS], float("-inf"), tl.float32)
-    s = tl.zeros([ROWS, BLOCK_V], tl.float32)
-    t = tl.zeros([ROWS, BLOCK_V], tl.float32)
+    if ROW_ACC:
+        s = tl.zeros([ROWS], tl.float32)
+        t = tl.zeros([ROWS], tl.float32)
+    else:
+        s = tl.zeros([ROWS, BLOCK_V], tl.float32)
+        t = tl.zeros([ROWS, BLOCK_V], tl.float32)
     for start in range(0, V, BLOCK_V):
         cols = start + cols0
         msk = row_ok[:, None] & (cols < V)[None, :]
@@ -88,11 +95,18 @@ def _row_stats(row_ptr, row_ok, V, T, Tlo, invT, lo, hi, HAS_T: tl.constexpr, WI
         c = tl.exp2(dm * LOG2E)
         d = z - base[:, None]
         e = tl.exp2(d * LOG2E)
-        if WITH_ENT:  # (t + s dm) c re-expresses the old sum against the new max (row_stats_merge);
-            # clamping -inf to -FLT_MAX makes the empty terms (s = 0, e = 0) add 0 instead of 0 * -inf = NaN
-            t = (t + s * tl.maximum(dm, -FLT_MAX)[:, None]) * c[:, None] + e * tl.maximum(d, -FLT_MAX)
-        s = s * c[:, None] + e
+        if ROW_ACC:
+            if WITH_ENT:  # as below, with the tile's terms summed first
+                t = (t + s * tl.maximum(dm, -FLT_MAX)) * c + tl.sum(e * tl.maximum(d, -FLT_MAX), axis=1)
+            s = s * c + tl.sum(e, axis=1)
+        else:
+            if WITH_ENT:  # (t + s dm) c re-expresses the old sum against the new max (row_stats_merge);
+                # clamping -inf to -FLT_MAX makes the empty terms (s = 0, e = 0) add 0, not 0 * -inf = NaN
+                t = (t + s * tl.maximum(dm, -FLT_MAX)[:, None]) * c[:, None] + e * tl.maximum(d, -FLT_MAX)
+            s = s * c[:, None] + e
         m = m_new
+    if ROW_ACC:
+        return m, s, t
     return m, tl.sum(s, axis=1), tl.sum(t, axis=1)
 
 
@@ -171,14 +185,14 @@ def _grad_pass(row_ptr, out_ptr, row_ok, tgt, x_t, m, logs, H, g, ge, V, T, Tlo,
 @triton.jit
 def _logprobs_kernel(logits, targets, logp_out, stats_out, ent_out, lo_out, N, V, stride, T, Tlo, invT, lo, hi,
                      HAS_T: tl.constexpr, WITH_STATS: tl.constexpr, WITH_ENT: tl.constexpr, WITH_LO: tl.constexpr,
-                     BLOCK_V: tl.constexpr, ROWS: tl.constexpr):
+                     BLOCK_V: tl.constexpr, ROWS: tl.constexpr, ROW_ACC: tl.constexpr):
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     row_ok = rows < N
     rows64 = rows.to(tl.int64)
     row_ptr = logits + rows64 * stride
     tgt = tl.load(targets + rows64, mask=row_ok, other=0)
     x_t = tl.load(row_ptr + tgt, mask=row_ok, other=0.0).to(tl.float32)  # issued before the row loop
-    m, s, t = _row_stats(row_ptr, row_ok, V, T, Tlo, invT, lo, hi, HAS_T, WITH_ENT, BLOCK_V, ROWS)
+    m, s, t = _row_stats(row_ptr, row_ok, V, T, Tlo, invT, lo, hi, HAS_T, WITH_ENT, BLOCK_V, ROWS, False, ROW_ACC)
     logp, logs, ent, logp64 = _finish_stats(x_t, m, s, t, T, Tlo, invT, lo, hi, HAS_T)
     tl.store(logp_out + rows64, logp, mask=row_ok)
     if WITH_LO:  # the rounding residual, for sums of logp over a sequence (grpo_math.h target_logp)
@@ -217,24 +231,38 @@ def _softmax_grad_kernel(logits, targets, stats, ent, g_logp, g_ent, dlogits, N,
 
 
 # --- launchers ----------------------------------------------------------------------------------------
-def row_config(V: int, elem_bytes: int) -> tuple:
-    """(BLOCK_V, ROWS, launch kwargs {num_warps[, num_stages]}, L2 hints) for rows of V elements (TILE
-    overrides). L2 hints: the two-pass loss kernel's cache policies (_row_stats KEEP_L2, _grad_pass STREAM).
-    A long row's tile is 4096 elements, 64 bytes per thread (bf16/fp16: 4 warps, fp32: 8 warps). On an
-    H200 (bench/results/tune_triton.csv) 4096 x 4 warps ran bf16 token_logprobs at N = 16384, V = 151936 in
-    1.56 ms against 2.16 ms for the earlier 8192 x 16 warps, and the loss kernel within noise of it (5.41 vs
-    5.47 ms; no tile of the sweep was faster beyond the noise). Short rows are packed ROWS to a program
-    (~2048 elements a tile)."""
+class Tile(NamedTuple):
+    """A row launch's shape: BLOCK_V elements per tile, ROWS rows per program, num_warps, num_stages (None:
+    Triton's default), l2_hints (the two-pass loss kernel's cache policies: _row_stats KEEP_L2 and
+    _grad_pass STREAM) and row_acc (_row_stats ROW_ACC: per-row scalar sums)."""
+    block_v: int
+    rows: int
+    num_warps: int
+    num_stages: int | None = None
+    l2_hints: bool = False
+    row_acc: bool = False
+
+    def launch(self) -> dict:
+        """The launch's keyword arguments: tile constexprs, num_warps and num_stages."""
+        kw = dict(BLOCK_V=self.block_v, ROWS=self.rows, ROW_ACC=self.row_acc, num_warps=self.num_warps)
+        return kw if self.num_stages is None else dict(kw, num_stages=self.num_stages)
+
+
+def row_config(V: int, elem_bytes: int) -> Tile:
+    """The Tile for rows of V elements (TILE overrides it). A long row's tile is 4096 elements, 64 bytes
+    per thread (bf16/fp16: 4 warps, fp32: 8 warps). On an H200 (bench/results/tune_triton.csv) 4096 x 4
+    warps ran bf16 token_logprobs at N = 16384, V = 151936 in 1.56 ms against 2.16 ms for the earlier
+    8192 x 16 warps, and the loss kernel within noise of it (5.41 vs 5.47 ms; no tile of that sweep was
+    faster beyond the noise). Short rows are packed ROWS to a program (~2048 elements a tile)."""
     if TILE is not None:
-        block_v, rows, num_warps, stages, hints = TILE
-        return block_v, rows, dict(num_warps=num_warps, **({} if stages is None else dict(num_stages=stages))), hints
+        return TILE
     block_v = max(16, min(triton.next_power_of_2(V), MAX_BLOCK_V or 4096))
     rows = max(1, min(64, ROW_ELEMS // block_v))
     if rows == 1:  # 64 bytes per thread
         num_warps = max(1, min(16, block_v * elem_bytes // (64 * 32)))
     else:
         num_warps = max(1, min(16, rows * block_v // 512))
-    return block_v, rows, dict(num_warps=num_warps), False
+    return Tile(block_v, rows, num_warps)
 
 
 def temperature_args(temperature: float) -> dict:
@@ -269,12 +297,11 @@ def logprobs(logits2d, targets1d, temperature=1.0, with_entropy=False, want_stat
     ent = torch.empty(N, **f32) if with_entropy else None
     if N == 0:
         return logp, stats, ent
-    block_v, rows, launch, _ = row_config(V, logits2d.element_size())
-    _logprobs_kernel[(triton.cdiv(N, rows),)](
+    tile = row_config(V, logits2d.element_size())
+    _logprobs_kernel[(triton.cdiv(N, tile.rows),)](
         logits2d, targets1d, logp, logp if stats is None else stats, logp if ent is None else ent,
         logp if logp_lo is None else logp_lo, N, V, row_stride(logits2d), **temperature_args(temperature),
-        WITH_STATS=want_stats, WITH_ENT=with_entropy, WITH_LO=logp_lo is not None,
-        BLOCK_V=block_v, ROWS=rows, **launch)
+        WITH_STATS=want_stats, WITH_ENT=with_entropy, WITH_LO=logp_lo is not None, **tile.launch())
     return logp, stats, ent
 
 
@@ -286,10 +313,11 @@ def softmax_grad(logits2d, targets1d, stats, entropy, g_logp, g_ent, temperature
     if N == 0:
         return out
     has_ent = g_ent is not None
-    block_v, rows, launch, _ = row_config(V, logits2d.element_size())
-    _softmax_grad_kernel[(triton.cdiv(N, rows),)](
+    tile = row_config(V, logits2d.element_size())
+    launch = tile.launch()
+    del launch["ROW_ACC"]  # no pass 1 here
+    _softmax_grad_kernel[(triton.cdiv(N, tile.rows),)](
         logits2d, targets1d, stats, entropy if has_ent else g_logp, g_logp, g_ent if has_ent else g_logp, out, N, V,
         row_stride(logits2d), row_stride(out), **temperature_args(temperature), HAS_ENT=has_ent,
-        BF16_RNE=bf16_rne(out), BLOCK_V=block_v,
-        ROWS=rows, **launch)
+        BF16_RNE=bf16_rne(out), **launch)
     return out

@@ -151,7 +151,7 @@ def _fused_loss_kernel(logits, targets, logp_out, stats_out, ent_out, tok_loss_o
                        HAS_T: tl.constexpr, WITH_ENT: tl.constexpr, HAS_OLD: tl.constexpr, HAS_REF: tl.constexpr,
                        HAS_SAMP: tl.constexpr, IS_MODE: tl.constexpr, KL: tl.constexpr, HAS_BETA: tl.constexpr,
                        HAS_DUAL: tl.constexpr, WRITE_GRAD: tl.constexpr, BF16_RNE: tl.constexpr,
-                       BLOCK_V: tl.constexpr, ROWS: tl.constexpr, L2_HINTS: tl.constexpr):
+                       BLOCK_V: tl.constexpr, ROWS: tl.constexpr, ROW_ACC: tl.constexpr, L2_HINTS: tl.constexpr):
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     row_ok = rows < N
     rows64 = rows.to(tl.int64)
@@ -180,7 +180,7 @@ def _fused_loss_kernel(logits, targets, logp_out, stats_out, ent_out, tok_loss_o
     # A program whose rows are all masked skips the row loop (V_eff = 0): m = -inf, s = t = 0, zeroed below.
     V_eff = tl.where(tl.max(live.to(tl.int32), axis=0) > 0, V, 0)
     m, s, t = _row_stats(row_ptr, live, V_eff, T, Tlo, invT, lo, hi, HAS_T, WITH_ENT, BLOCK_V, ROWS,
-                         L2_HINTS and WRITE_GRAD)
+                         L2_HINTS and WRITE_GRAD, ROW_ACC)
     logp, logs, ent, _ = _finish_stats(x_t, m, s, t, T, Tlo, invT, lo, hi, HAS_T)
     logp = tl.where(live, logp, 0.0)
     m = tl.where(live, m, 0.0)
@@ -312,17 +312,17 @@ def fused_loss(logits2d, targets1d, coef, adv, old, ref, samp, *, mask, T_seq, e
     ent = torch.empty(N, **f32) if entropy else None
     if N == 0:
         return tok_loss, logp, ent, stats, g
-    block_v, rows, launch, hints = row_config(V, logits2d.element_size())
+    tile = row_config(V, logits2d.element_size())
     dummy = coef
-    _fused_loss_kernel[(triton.cdiv(N, rows),)](
+    _fused_loss_kernel[(triton.cdiv(N, tile.rows),)](
         logits2d, targets1d, logp, stats, dummy if ent is None else ent, tok_loss, g,
         dummy if old is None else old, dummy if ref is None else ref, dummy if samp is None else samp,
         coef, mask, adv, logits2d if dlogits is None else dlogits, N, V, T_seq, row_stride(logits2d),
         row_stride(dlogits) if dlogits is not None else V, **temperature_args(temperature),
         **_head_args(eps_low, eps_high, dual_clip, beta, is_cap, kl, is_mode),
         WITH_ENT=bool(entropy), HAS_OLD=old is not None, HAS_REF=ref is not None, HAS_SAMP=samp is not None,
-        WRITE_GRAD=dlogits is not None, BF16_RNE=dlogits is not None and bf16_rne(dlogits), BLOCK_V=block_v, ROWS=rows, L2_HINTS=hints,
-        **launch)
+        WRITE_GRAD=dlogits is not None, BF16_RNE=dlogits is not None and bf16_rne(dlogits),
+        L2_HINTS=tile.l2_hints, **tile.launch())
     return tok_loss, logp, ent, stats, g
 
 

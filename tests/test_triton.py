@@ -60,16 +60,23 @@ def check_loss(name, shape, dtype, on_policy=False, g=None):
 SHAPES = [(2, 3, 1), (4, 5, 7), (2, 4, 1000), (1, 1, 4097), (3, 2, 4097)]
 
 
+TILES = {"256x1h": tk_logprobs.Tile(256, 1, 1, l2_hints=True), "128x2x2": tk_logprobs.Tile(128, 1, 2, 2),
+         "512x4hr": tk_logprobs.Tile(512, 1, 4, l2_hints=True, row_acc=True),
+         "128x1r": tk_logprobs.Tile(128, 1, 1, row_acc=True), "64x4rows_r": tk_logprobs.Tile(64, 4, 2, row_acc=True)}
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("tile", [(256, 1, 1, None, True), (128, 1, 2, 2, False), (512, 1, 4, None, True)],
-                         ids=["256x1h", "128x2x2", "512x4h"])
+@pytest.mark.parametrize("tile", list(TILES))
 @pytest.mark.parametrize("name", ["default", "k3_beta"])
 def test_triton_loss_tile_overrides(seed, monkeypatch, name, tile, dtype):
-    """kernels.logprobs.TILE (bench/tune_triton.py's sweep): other tile shapes, pipelining depths and the
-    loss kernel's L2 cache hints compute the same loss and gradient (V = 1000: several tiles, one partial)."""
-    monkeypatch.setattr(tk_logprobs, "TILE", tile)
+    """kernels.logprobs.TILE (bench/tune_triton.py's sweep): other tile shapes, pipelining depths, the loss
+    kernel's L2 cache hints and per-row scalar sums compute the same loss and gradient (V = 1000: several
+    tiles, one partial; several rows a program in the last)."""
+    monkeypatch.setattr(tk_logprobs, "TILE", TILES[tile])
     check_loss(name, (2, 4, 1000), dtype, g=1.0)
     check_loss(name, (2, 4, 1000), dtype)
+
+
 CASES = [(n, False) for n in CONFIGS] + [(n, True) for n in ("default", "gspo", "is_seq_mask_gspo", "k3_beta")]
 
 
@@ -241,6 +248,16 @@ def test_triton_logprobs_multi_tile(seed, small_tiles, shape, dtype, temperature
     check_logprobs(shape, dtype, temperature)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("tile", ["128x1r", "64x4rows_r", "512x4hr"])
+def test_triton_logprobs_tile_overrides(seed, monkeypatch, tile, dtype):
+    """Per-row scalar sums (Tile.row_acc) in token_logprobs with entropy, several tiles a row, and several
+    rows a program; with and without a temperature."""
+    monkeypatch.setattr(tk_logprobs, "TILE", TILES[tile])
+    for temperature in (1.0, 1.3):
+        check_logprobs((2, 4, 1000), dtype, temperature)
+
+
 @pytest.mark.gpu
 @needs_cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
@@ -250,7 +267,8 @@ def test_triton_logprobs_large(seed, shape, dtype):
 
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # inf - inf in the interpreter
-def test_triton_logprobs_inf_nan_rows(seed, small_tiles):
+@pytest.mark.parametrize("tile", [None, "128x1r"])
+def test_triton_logprobs_inf_nan_rows(seed, small_tiles, monkeypatch, tile):
     # -inf logits give p = 0; an all -inf row, a +inf logit and a NaN logit give NaN logp, entropy and
     # gradient rows. torch's entropy masks NaN p to 0 and its backward turns 0 * -inf into NaN rows, so the
     # reference holds the forward on the finite rows; NaN placement and the gradient follow the C++ twin.
@@ -263,6 +281,8 @@ def test_triton_logprobs_inf_nan_rows(seed, small_tiles):
     targets = torch.tensor([[1, 4, 2, 5, 299, 3]])
     g = torch.randn(2, 1, 6)
     ok = [0, 4, 5]
+    if tile is not None:  # per-row scalar sums: the same NaN rows and values
+        monkeypatch.setattr(tk_logprobs, "TILE", TILES[tile])
     for temperature in (1.0, 0.7):
         # the C++ twin takes CPU tensors; the Triton kernel runs on DEV (compiled on a GPU)
         got, cpu = [_fwd_bwd(lambda *a, b=be, **k: ops.token_logprobs(*a, backend=b, **k), logits.to(d),
