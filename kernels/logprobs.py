@@ -20,6 +20,12 @@ Design (why):
   relative error of up to 3e-8 in every z of the same sign: it adds up over a sequence's logprobs);
   fp32 `/` in Triton is div.full (2 ulp). T == 1 is a constexpr specialization with no scaling at all.
 - Row offsets are int64 (N * V passes 2^31 at N = 16384, V = 151936); column offsets stay int32.
+- Loads are 16-byte vectors only when Triton's launcher can specialize the row stride (and V) as
+  divisible by 16 (V = 151936, 32000, 128256 are); for an odd V such as 50257 they compile to one element
+  per instruction (bench/triton_resources.py --no-div16 shows it). The CUDA twin peels an unaligned head.
+- The tile (row_config, or TILE for sweeps) also picks per-row scalar sums (row_acc) and a next-tile
+  prefetch; bench/tune_triton.py times them on a GPU and bench/triton_resources.py reports their
+  registers and load widths for sm_90 without one.
 - Rows with g_logp = g_ent = 0 (masked tokens) write zeros with their loads masked off: no read.
 """
 from __future__ import annotations
@@ -68,11 +74,12 @@ def _to_out(val, out_ptr, BF16_RNE: tl.constexpr):
 
 @triton.jit
 def _row_stats(row_ptr, row_ok, V, T, Tlo, invT, lo, hi, HAS_T: tl.constexpr, WITH_ENT: tl.constexpr,
-               BLOCK_V: tl.constexpr, ROWS: tl.constexpr, KEEP_L2: tl.constexpr = False,
-               ROW_ACC: tl.constexpr = False):
-    """(m, s, t) of z = row / T for ROWS rows; row_ptr (ROWS,) pointers, row_ok (ROWS,) bool. KEEP_L2: the
-    loads ask L2 to keep the row (evict_last) for a second pass over it. ROW_ACC: s and t are per-row
-    scalars summed every tile (fewer registers, one more reduction per tile) instead of per-lane vectors."""
+               BLOCK_V: tl.constexpr, ROWS: tl.constexpr, POLICY: tl.constexpr = "",
+               ROW_ACC: tl.constexpr = False, PREFETCH: tl.constexpr = False):
+    """(m, s, t) of z = row / T for ROWS rows; row_ptr (ROWS,) pointers, row_ok (ROWS,) bool. POLICY: the
+    loads' L2 eviction policy ("evict_last" keeps the row for a second pass). ROW_ACC: s and t are per-row
+    scalars summed every tile (fewer registers, one more reduction per tile) instead of per-lane vectors.
+    PREFETCH: the next tile's load is issued before this tile's reductions, so two tiles are in flight."""
     cols0 = tl.arange(0, BLOCK_V)
     m = tl.full([ROWS], float("-inf"), tl.float32)
     if ROW_ACC:
@@ -81,13 +88,19 @@ def _row_stats(row_ptr, row_ok, V, T, Tlo, invT, lo, hi, HAS_T: tl.constexpr, WI
     else:
         s = tl.zeros([ROWS, BLOCK_V], tl.float32)
         t = tl.zeros([ROWS, BLOCK_V], tl.float32)
+    if PREFETCH:
+        nxt = tl.load(row_ptr[:, None] + cols0[None, :], mask=row_ok[:, None] & (cols0 < V)[None, :],
+                      other=float("-inf"), eviction_policy=POLICY)
     for start in range(0, V, BLOCK_V):
         cols = start + cols0
-        msk = row_ok[:, None] & (cols < V)[None, :]
-        if KEEP_L2:
-            x = tl.load(row_ptr[:, None] + cols[None, :], mask=msk, other=float("-inf"), eviction_policy="evict_last")
+        if PREFETCH:
+            x = nxt
+            cn = cols + BLOCK_V  # past V on the last tile: masked, no traffic
+            nxt = tl.load(row_ptr[:, None] + cn[None, :], mask=row_ok[:, None] & (cn < V)[None, :],
+                          other=float("-inf"), eviction_policy=POLICY)
         else:
-            x = tl.load(row_ptr[:, None] + cols[None, :], mask=msk, other=float("-inf"))
+            x = tl.load(row_ptr[:, None] + cols[None, :], mask=row_ok[:, None] & (cols < V)[None, :],
+                        other=float("-inf"), eviction_policy=POLICY)
         z = _scale(x.to(tl.float32), T, Tlo, invT, lo, hi, HAS_T)
         m_new = tl.maximum(m, tl.max(z, axis=1))
         base = tl.where(m_new == float("-inf"), 0.0, m_new)  # nothing finite yet: keep -inf - -inf out
@@ -105,9 +118,10 @@ def _row_stats(row_ptr, row_ok, V, T, Tlo, invT, lo, hi, HAS_T: tl.constexpr, WI
                 t = (t + s * tl.maximum(dm, -FLT_MAX)[:, None]) * c[:, None] + e * tl.maximum(d, -FLT_MAX)
             s = s * c[:, None] + e
         m = m_new
-    if ROW_ACC:
-        return m, s, t
-    return m, tl.sum(s, axis=1), tl.sum(t, axis=1)
+    if not ROW_ACC:  # one return: the compiler traces code after an early return in a constexpr branch
+        s = tl.sum(s, axis=1)
+        t = tl.sum(t, axis=1)
+    return m, s, t
 
 
 @triton.jit
@@ -131,13 +145,16 @@ def _finish_stats(x_t, m, s, t, T, Tlo, invT, lo, hi, HAS_T: tl.constexpr):
 @triton.jit
 def _grad_pass(row_ptr, out_ptr, row_ok, tgt, x_t, m, logs, H, g, ge, V, T, Tlo, invT, lo, hi,
                HAS_T: tl.constexpr, HAS_ENT: tl.constexpr, REVERSE: tl.constexpr, BF16_RNE: tl.constexpr,
-               BLOCK_V: tl.constexpr, ROWS: tl.constexpr, STREAM: tl.constexpr = False):
+               BLOCK_V: tl.constexpr, ROWS: tl.constexpr, POLICY: tl.constexpr = "",
+               PREFETCH: tl.constexpr = False):
     """dlogits rows: a p_j (+ b p_j (log p_j + H)), a = -g / T, b = -ge / T; at the target
     g (1 - p_t) / T (+ the same entropy term), computed once per row from x_t, which every thread read
     before the caller's barrier (out may alias the row). Each element is loaded and stored by the same
     thread in the same tile, so in place is safe. REVERSE walks the tiles last to first: right after pass 1
-    the row's tail is the part most likely still in L2. STREAM: this pass's loads and stores are the last
-    use of their lines (evict_first), so they do not push other rows' first-pass lines out of L2."""
+    the row's tail is the part most likely still in L2. POLICY: the L2 eviction policy of this pass's loads
+    and stores ("evict_first": their lines are not needed again, so they do not push other rows'
+    first-pass lines out). PREFETCH: the next tile's load is issued before this tile's math and store
+    (it reads other columns, so in place stays safe)."""
     if HAS_T:  # per-row scalars divided by the fp64 temperature
         t64 = tl.cast(T, tl.float64) + tl.cast(Tlo, tl.float64)
         a = (-g.to(tl.float64) / t64).to(tl.float32)
@@ -155,6 +172,10 @@ def _grad_pass(row_ptr, out_ptr, row_ok, tgt, x_t, m, logs, H, g, ge, V, T, Tlo,
         v_t = v_t + b * (p_t * (tl.maximum(zl_t, -FLT_MAX) + H))
     cols0 = tl.arange(0, BLOCK_V)
     n_tiles = tl.cdiv(V, BLOCK_V)
+    if PREFETCH:
+        c0 = (n_tiles - 1) * BLOCK_V + cols0 if REVERSE else cols0
+        nxt = tl.load(row_ptr[:, None] + c0[None, :], mask=(c0 < V)[None, :] & live[:, None], other=0.0,
+                      eviction_policy=POLICY)
     for i in range(0, n_tiles):
         if REVERSE:
             start = (n_tiles - 1 - i) * BLOCK_V
@@ -162,11 +183,17 @@ def _grad_pass(row_ptr, out_ptr, row_ok, tgt, x_t, m, logs, H, g, ge, V, T, Tlo,
             start = i * BLOCK_V
         cols = start + cols0
         cmask = (cols < V)[None, :]
-        if STREAM:
-            x = tl.load(row_ptr[:, None] + cols[None, :], mask=cmask & live[:, None], other=0.0,
-                        eviction_policy="evict_first")
+        if PREFETCH:
+            x = nxt
+            if REVERSE:  # the tile before (none after the first: start - BLOCK_V < 0, masked)
+                cn = cols - BLOCK_V
+            else:
+                cn = cols + BLOCK_V
+            nxt = tl.load(row_ptr[:, None] + cn[None, :], mask=((cn >= 0) & (cn < V))[None, :] & live[:, None],
+                          other=0.0, eviction_policy=POLICY)
         else:
-            x = tl.load(row_ptr[:, None] + cols[None, :], mask=cmask & live[:, None], other=0.0)
+            x = tl.load(row_ptr[:, None] + cols[None, :], mask=cmask & live[:, None], other=0.0,
+                        eviction_policy=POLICY)
         zl = (_scale(x.to(tl.float32), T, Tlo, invT, lo, hi, HAS_T) - m[:, None]) - logs[:, None]  # log p_j, max off first
         p = tl.exp2(zl * LOG2E)
         val = a[:, None] * p
@@ -174,25 +201,23 @@ def _grad_pass(row_ptr, out_ptr, row_ok, tgt, x_t, m, logs, H, g, ge, V, T, Tlo,
             val = val + b[:, None] * (p * (tl.maximum(zl, -FLT_MAX) + H[:, None]))
         val = tl.where(cols[None, :] == tgt[:, None], v_t[:, None], val)
         val = tl.where(live[:, None], val, 0.0)
-        if STREAM:
-            tl.store(out_ptr[:, None] + cols[None, :], _to_out(val, out_ptr, BF16_RNE), mask=cmask & row_ok[:, None],
-                     eviction_policy="evict_first")
-        else:
-            tl.store(out_ptr[:, None] + cols[None, :], _to_out(val, out_ptr, BF16_RNE), mask=cmask & row_ok[:, None])
+        tl.store(out_ptr[:, None] + cols[None, :], _to_out(val, out_ptr, BF16_RNE), mask=cmask & row_ok[:, None],
+                 eviction_policy=POLICY)
 
 
 # --- @triton.jit kernels ------------------------------------------------------------------------------
 @triton.jit
 def _logprobs_kernel(logits, targets, logp_out, stats_out, ent_out, lo_out, N, V, stride, T, Tlo, invT, lo, hi,
                      HAS_T: tl.constexpr, WITH_STATS: tl.constexpr, WITH_ENT: tl.constexpr, WITH_LO: tl.constexpr,
-                     BLOCK_V: tl.constexpr, ROWS: tl.constexpr, ROW_ACC: tl.constexpr):
+                     BLOCK_V: tl.constexpr, ROWS: tl.constexpr, ROW_ACC: tl.constexpr, PREFETCH: tl.constexpr):
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     row_ok = rows < N
     rows64 = rows.to(tl.int64)
     row_ptr = logits + rows64 * stride
     tgt = tl.load(targets + rows64, mask=row_ok, other=0)
     x_t = tl.load(row_ptr + tgt, mask=row_ok, other=0.0).to(tl.float32)  # issued before the row loop
-    m, s, t = _row_stats(row_ptr, row_ok, V, T, Tlo, invT, lo, hi, HAS_T, WITH_ENT, BLOCK_V, ROWS, False, ROW_ACC)
+    m, s, t = _row_stats(row_ptr, row_ok, V, T, Tlo, invT, lo, hi, HAS_T, WITH_ENT, BLOCK_V, ROWS, "", ROW_ACC,
+                         PREFETCH)
     logp, logs, ent, logp64 = _finish_stats(x_t, m, s, t, T, Tlo, invT, lo, hi, HAS_T)
     tl.store(logp_out + rows64, logp, mask=row_ok)
     if WITH_LO:  # the rounding residual, for sums of logp over a sequence (grpo_math.h target_logp)
@@ -207,7 +232,7 @@ def _logprobs_kernel(logits, targets, logp_out, stats_out, ent_out, lo_out, N, V
 @triton.jit
 def _softmax_grad_kernel(logits, targets, stats, ent, g_logp, g_ent, dlogits, N, V, stride, out_stride, T, Tlo, invT,
                          lo, hi, HAS_T: tl.constexpr, HAS_ENT: tl.constexpr, BF16_RNE: tl.constexpr,
-                         BLOCK_V: tl.constexpr, ROWS: tl.constexpr):
+                         BLOCK_V: tl.constexpr, ROWS: tl.constexpr, PREFETCH: tl.constexpr):
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     row_ok = rows < N
     rows64 = rows.to(tl.int64)
@@ -227,24 +252,29 @@ def _softmax_grad_kernel(logits, targets, stats, ent, g_logp, g_ent, dlogits, N,
     logs = tl.load(stats + 2 * rows64 + 1, mask=row_ok, other=0.0)
     tl.debug_barrier()  # every thread has read x_t before any thread overwrites the row (in place)
     _grad_pass(row_ptr, out_ptr, row_ok, tgt, x_t, m, logs, H, g, ge, V, T, Tlo, invT, lo, hi, HAS_T, HAS_ENT, False,
-               BF16_RNE, BLOCK_V, ROWS)
+               BF16_RNE, BLOCK_V, ROWS, "", PREFETCH)
 
 
 # --- launchers ----------------------------------------------------------------------------------------
 class Tile(NamedTuple):
     """A row launch's shape: BLOCK_V elements per tile, ROWS rows per program, num_warps, num_stages (None:
-    Triton's default), l2_hints (the two-pass loss kernel's cache policies: _row_stats KEEP_L2 and
-    _grad_pass STREAM) and row_acc (_row_stats ROW_ACC: per-row scalar sums)."""
+    Triton's default), l2_hints (the two-pass loss kernel's cache policies: pass 1 loads evict_last, pass 2
+    loads and stores evict_first), row_acc (_row_stats ROW_ACC: per-row scalar sums) and prefetch (both
+    passes issue the next tile's load before the current tile's math: two tiles in flight)."""
     block_v: int
     rows: int
     num_warps: int
     num_stages: int | None = None
     l2_hints: bool = False
     row_acc: bool = False
+    prefetch: bool = False
 
-    def launch(self) -> dict:
-        """The launch's keyword arguments: tile constexprs, num_warps and num_stages."""
-        kw = dict(BLOCK_V=self.block_v, ROWS=self.rows, ROW_ACC=self.row_acc, num_warps=self.num_warps)
+    def launch(self, stats_pass: bool = True) -> dict:
+        """The launch's keyword arguments: tile constexprs (ROW_ACC only for kernels with a stats pass),
+        num_warps and num_stages."""
+        kw = dict(BLOCK_V=self.block_v, ROWS=self.rows, PREFETCH=self.prefetch, num_warps=self.num_warps)
+        if stats_pass:
+            kw["ROW_ACC"] = self.row_acc
         return kw if self.num_stages is None else dict(kw, num_stages=self.num_stages)
 
 
@@ -314,10 +344,8 @@ def softmax_grad(logits2d, targets1d, stats, entropy, g_logp, g_ent, temperature
         return out
     has_ent = g_ent is not None
     tile = row_config(V, logits2d.element_size())
-    launch = tile.launch()
-    del launch["ROW_ACC"]  # no pass 1 here
     _softmax_grad_kernel[(triton.cdiv(N, tile.rows),)](
         logits2d, targets1d, stats, entropy if has_ent else g_logp, g_logp, g_ent if has_ent else g_logp, out, N, V,
         row_stride(logits2d), row_stride(out), **temperature_args(temperature), HAS_ENT=has_ent,
-        BF16_RNE=bf16_rne(out), **launch)
+        BF16_RNE=bf16_rne(out), **tile.launch(stats_pass=False))
     return out

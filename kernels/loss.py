@@ -151,7 +151,8 @@ def _fused_loss_kernel(logits, targets, logp_out, stats_out, ent_out, tok_loss_o
                        HAS_T: tl.constexpr, WITH_ENT: tl.constexpr, HAS_OLD: tl.constexpr, HAS_REF: tl.constexpr,
                        HAS_SAMP: tl.constexpr, IS_MODE: tl.constexpr, KL: tl.constexpr, HAS_BETA: tl.constexpr,
                        HAS_DUAL: tl.constexpr, WRITE_GRAD: tl.constexpr, BF16_RNE: tl.constexpr,
-                       BLOCK_V: tl.constexpr, ROWS: tl.constexpr, ROW_ACC: tl.constexpr, L2_HINTS: tl.constexpr):
+                       BLOCK_V: tl.constexpr, ROWS: tl.constexpr, ROW_ACC: tl.constexpr, PREFETCH: tl.constexpr,
+                       POLICY1: tl.constexpr, POLICY2: tl.constexpr):
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     row_ok = rows < N
     rows64 = rows.to(tl.int64)
@@ -179,8 +180,8 @@ def _fused_loss_kernel(logits, targets, logp_out, stats_out, ent_out, tok_loss_o
         samp_in = tl.zeros([ROWS], tl.float32)
     # A program whose rows are all masked skips the row loop (V_eff = 0): m = -inf, s = t = 0, zeroed below.
     V_eff = tl.where(tl.max(live.to(tl.int32), axis=0) > 0, V, 0)
-    m, s, t = _row_stats(row_ptr, live, V_eff, T, Tlo, invT, lo, hi, HAS_T, WITH_ENT, BLOCK_V, ROWS,
-                         L2_HINTS and WRITE_GRAD, ROW_ACC)
+    m, s, t = _row_stats(row_ptr, live, V_eff, T, Tlo, invT, lo, hi, HAS_T, WITH_ENT, BLOCK_V, ROWS, POLICY1,
+                         ROW_ACC, PREFETCH)
     logp, logs, ent, _ = _finish_stats(x_t, m, s, t, T, Tlo, invT, lo, hi, HAS_T)
     logp = tl.where(live, logp, 0.0)
     m = tl.where(live, m, 0.0)
@@ -211,7 +212,7 @@ def _fused_loss_kernel(logits, targets, logp_out, stats_out, ent_out, tok_loss_o
         tl.debug_barrier()  # x_t was read by every thread before any thread writes the row (in place)
         zero = tl.zeros([ROWS], tl.float32)
         _grad_pass(row_ptr, dlogits + rows64 * out_stride, row_ok, tgt, x_t, m, logs, zero, g, zero, V, T, Tlo, invT,
-                   lo, hi, HAS_T, False, True, BF16_RNE, BLOCK_V, ROWS, L2_HINTS)
+                   lo, hi, HAS_T, False, True, BF16_RNE, BLOCK_V, ROWS, POLICY2, PREFETCH)
 
 
 @triton.jit
@@ -322,7 +323,8 @@ def fused_loss(logits2d, targets1d, coef, adv, old, ref, samp, *, mask, T_seq, e
         **_head_args(eps_low, eps_high, dual_clip, beta, is_cap, kl, is_mode),
         WITH_ENT=bool(entropy), HAS_OLD=old is not None, HAS_REF=ref is not None, HAS_SAMP=samp is not None,
         WRITE_GRAD=dlogits is not None, BF16_RNE=dlogits is not None and bf16_rne(dlogits),
-        L2_HINTS=tile.l2_hints, **tile.launch())
+        POLICY1="evict_last" if tile.l2_hints and dlogits is not None else "",
+        POLICY2="evict_first" if tile.l2_hints else "", **tile.launch())
     return tok_loss, logp, ent, stats, g
 
 

@@ -113,6 +113,19 @@ def test_tune_triton_dry_run_on_the_interpreter(tmp_path):
     assert len(diffs) == 4 and max(diffs) < 1e-5, r.stdout
 
 
+def test_triton_resources_compiles_for_sm90_without_a_gpu(tmp_path):
+    """bench/triton_resources.py: both row kernels compile ahead of time for sm_90 here (no GPU), report
+    registers and no spills, and with 16-divisible strides their logits loads are 16-byte vectors."""
+    env = {k: v for k, v in _env(tmp_path).items() if k != "TRITON_INTERPRET"}
+    r = _run([sys.executable, "-m", "bench.triton_resources", "--tiles", "4096x4,2048x2rp"], env)
+    rows = [line.split() for line in r.stdout.splitlines() if line.split()[:1] in (["logprobs"], ["loss"])]
+    assert len(rows) == 4, r.stdout
+    for row in rows:
+        regs, local = int(row[2]), int(row[6])
+        assert 0 < regs <= 255 and local == 0, row
+        assert any(op.startswith("ld.global.v4.b32x") for op in row[8:]), row
+
+
 def test_grpo_bench_delegates_to_python_m_bench(tmp_path):
     """`grpo bench ARGS` is `python -m bench ARGS` run from the repository root."""
     r = _run([sys.executable, "-m", "grpo.cli", "bench", "--help"], _env(tmp_path), timeout=120)

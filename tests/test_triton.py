@@ -60,9 +60,12 @@ def check_loss(name, shape, dtype, on_policy=False, g=None):
 SHAPES = [(2, 3, 1), (4, 5, 7), (2, 4, 1000), (1, 1, 4097), (3, 2, 4097)]
 
 
-TILES = {"256x1h": tk_logprobs.Tile(256, 1, 1, l2_hints=True), "128x2x2": tk_logprobs.Tile(128, 1, 2, 2),
-         "512x4hr": tk_logprobs.Tile(512, 1, 4, l2_hints=True, row_acc=True),
-         "128x1r": tk_logprobs.Tile(128, 1, 1, row_acc=True), "64x4rows_r": tk_logprobs.Tile(64, 4, 2, row_acc=True)}
+Tile = tk_logprobs.Tile
+TILES = {"256x1h": Tile(256, 1, 1, l2_hints=True), "128x2x2": Tile(128, 1, 2, 2),
+         "512x4hr": Tile(512, 1, 4, l2_hints=True, row_acc=True), "128x1r": Tile(128, 1, 1, row_acc=True),
+         "64x4rows_r": Tile(64, 4, 2, row_acc=True), "128x2p": Tile(128, 1, 2, prefetch=True),
+         "256x1hrp": Tile(256, 1, 1, l2_hints=True, row_acc=True, prefetch=True),
+         "64x4rows_p": Tile(64, 4, 2, prefetch=True), "2048x4p": Tile(2048, 1, 4, prefetch=True)}
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -162,6 +165,16 @@ def test_triton_launch_loss_dlogits_multi_tile(seed, small_tiles, name):
     check_launch_loss(name, (2, 2, 4097), torch.bfloat16, True)
 
 
+@pytest.mark.parametrize("tile", ["256x1hrp", "128x2p"])
+@pytest.mark.parametrize("name", ["default", "is_token_truncate", "gspo"])
+def test_triton_launch_loss_in_place_tile_overrides(seed, monkeypatch, name, tile):
+    """dlogits written over the logits with the next tile prefetched (pass 2 walks the row backwards and
+    prefetches the tile before it) and the L2 hints: every element is still read before it is written."""
+    monkeypatch.setattr(tk_logprobs, "TILE", TILES[tile])
+    check_launch_loss(name, (2, 2, 4097), torch.bfloat16, True)
+    check_launch_loss(name, (3, 2, 1000), torch.float32, True)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", ["default", "k3_beta", "is_token_truncate"])
 @pytest.mark.parametrize("shape,tiles", [((3, 4, 7), False), ((2, 3, 1000), True)], ids=["one_tile", "multi_tile"])
@@ -249,7 +262,7 @@ def test_triton_logprobs_multi_tile(seed, small_tiles, shape, dtype, temperature
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("tile", ["128x1r", "64x4rows_r", "512x4hr"])
+@pytest.mark.parametrize("tile", ["128x1r", "64x4rows_r", "512x4hr", "128x2p", "64x4rows_p", "2048x4p"])
 def test_triton_logprobs_tile_overrides(seed, monkeypatch, tile, dtype):
     """Per-row scalar sums (Tile.row_acc) in token_logprobs with entropy, several tiles a row, and several
     rows a program; with and without a temperature."""
@@ -267,7 +280,7 @@ def test_triton_logprobs_large(seed, shape, dtype):
 
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # inf - inf in the interpreter
-@pytest.mark.parametrize("tile", [None, "128x1r"])
+@pytest.mark.parametrize("tile", [None, "128x1r", "256x1hrp"])
 def test_triton_logprobs_inf_nan_rows(seed, small_tiles, monkeypatch, tile):
     # -inf logits give p = 0; an all -inf row, a +inf logit and a NaN logit give NaN logp, entropy and
     # gradient rows. torch's entropy masks NaN p to 0 and its backward turns 0 * -inf into NaN rows, so the
