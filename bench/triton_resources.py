@@ -4,7 +4,7 @@ ahead of time for sm_90 (or --arch) with Triton's bundled ptxas, and the cubin's
 global loads and stores in the PTX (v4.b32 = 16 bytes per thread per instruction; b16 = one bf16).
 
     python -m bench.triton_resources [--tiles 4096x4,8192x16,4096x4rp] [--dtype bf16] [--arch 90]
-                                     [--kernels logprobs,loss] [--no-div16]
+                                     [--kernels logprobs,softmax_grad,loss] [--no-div16]
 
 Arguments are compiled as the launcher specializes them at run time: pointers 16-byte aligned and V and
 the row strides divisible by 16 (true for V = 151936 or 32000; --no-div16 shows the code for a V that is
@@ -28,7 +28,7 @@ from triton.compiler import ASTSource
 from bench.tune_triton import parse_tile
 
 PTR_ARGS_F32 = ("logp_out", "stats_out", "ent_out", "lo_out", "tok_loss_out", "g_out", "old_lp", "ref_lp", "samp_lp",
-                "coef_in", "mask_in", "adv")
+                "coef_in", "mask_in", "adv", "stats", "ent", "g_logp", "g_ent")
 INT_ARGS = ("N", "V", "T_seq", "stride", "out_stride")
 DIV16_INTS = ("V", "stride", "out_stride")
 FLOAT_ARGS = ("T", "Tlo", "invT", "lo", "hi", "eps_low", "eps_high", "dual_clip", "beta", "is_cap")
@@ -60,10 +60,13 @@ def kernel_consts(kernel: str, tile) -> tuple:
     if kernel == "logprobs":
         consts = dict(HAS_T=False, WITH_STATS=True, WITH_ENT=False, WITH_LO=False, **tile_kw)
         return kl._logprobs_kernel, consts, warps, stages
+    if kernel == "softmax_grad":
+        del tile_kw["ROW_ACC"]
+        return kl._softmax_grad_kernel, dict(HAS_T=False, HAS_ENT=False, BF16_RNE=False, **tile_kw), warps, stages
     consts = dict(HAS_T=False, WITH_ENT=False, HAS_OLD=True, HAS_REF=False, HAS_SAMP=False, IS_MODE=0, KL=0,
                   HAS_BETA=False, HAS_DUAL=False, WRITE_GRAD=True, BF16_RNE=False,
                   POLICY1="evict_last" if tile.l2_hints else "", POLICY2="evict_first" if tile.l2_hints else "",
-                  **tile_kw)
+                  PERSISTENT=tile.persistent > 0, **tile_kw)
     return kloss._fused_loss_kernel, consts, warps, stages
 
 
@@ -103,11 +106,11 @@ def main(argv=None):
     p.add_argument("--tiles", default="4096x4,8192x16,2048x1,4096x4r,4096x4p,4096x4rp,4096x8rp,2048x2rp,8192x16hp")
     p.add_argument("--dtype", default="bf16", help="bf16, fp16 or fp32 (Triton type names)")
     p.add_argument("--arch", type=int, default=90, help="compute capability x 10 (90 = Hopper)")
-    p.add_argument("--kernels", default="logprobs,loss")
+    p.add_argument("--kernels", default="logprobs,softmax_grad,loss")
     p.add_argument("--no-div16", dest="div16", action="store_false")
     a = p.parse_args(argv)
     print(f"triton {triton.__version__}  sm_{a.arch}  {a.dtype}  divisibility 16: {a.div16}")
-    print(f"{'kernel':>9} {'tile':>10} {'regs':>5} {'warps':>5} {'progs/SM':>8} {'stack':>5} {'local':>5} "
+    print(f"{'kernel':>12} {'tile':>14} {'regs':>5} {'warps':>5} {'progs/SM':>8} {'stack':>5} {'local':>5} "
           f"{'shared':>6}  global accesses (PTX)")
     for kernel in a.kernels.split(","):
         for s in a.tiles.split(","):
@@ -115,8 +118,9 @@ def main(argv=None):
             r = resources(compile_tile(kernel, tile, a.dtype, a.arch, a.div16))
             threads = 32 * tile.num_warps
             progs = min(32, 65536 // max(1, r["regs"] * threads), 64 // tile.num_warps)
+            progs = min(progs, tile.persistent) if tile.persistent and kernel == "loss" else progs
             ops = " ".join(f"{k}x{v}" for k, v in sorted(r["ops"].items(), key=lambda kv: -kv[1]))
-            print(f"{kernel:>9} {s:>10} {r['regs']:5d} {tile.num_warps:5d} {progs:8d} {r['stack']:5d} "
+            print(f"{kernel:>12} {s:>14} {r['regs']:5d} {tile.num_warps:5d} {progs:8d} {r['stack']:5d} "
                   f"{r['local']:5d} {r['shared']:6d}  {ops}", flush=True)
 
 

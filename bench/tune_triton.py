@@ -5,7 +5,8 @@ and the device time of one group_advantages launch (CUDA-graph replays, no host 
                                 [--tiles 8192x16,2048x1x4,2048x1h,...] [--reps R] [--adv 4096x16] [--out CSV]
 
 A tile is BLOCK_V x num_warps [x num_stages] [h: the loss kernel's L2 hints] [r: per-row scalar sums]
-[p: next-tile prefetch], one row per program (kernels.logprobs.TILE); `default` is what row_config picks. Every tile's result is compared with the default's (a tile that changes the
+[p: next-tile prefetch] [@K: a persistent loss grid of K programs per SM], one row per program
+(kernels.logprobs.TILE); `default` is what row_config picks. Every tile's result is compared with the default's (a tile that changes the
 result beyond rounding order is flagged, not timed as a win), then all tiles are timed in interleaved
 rounds. Bytes are bench_loss.bytes_moved (2 N V e for grpo_loss, N V e for token_logprobs), GB/s next to
 the measured copy rate. The advantages row is the device time per launch: K launches of the raw launcher
@@ -24,22 +25,24 @@ from bench.bench_loss import DTYPES, bytes_moved, make_batch, seq_shape  # noqa:
 from grpo import ops  # noqa: E402
 from grpo.ops import LossConfig  # noqa: E402
 
-DEFAULT_TILES = ("4096x4,8192x16,2048x1,4096x8,1024x1r,2048x1r,2048x2r,4096x4r,4096x8r,8192x8r,4096x4p,4096x8p,"
-                 "2048x2p,2048x1rp,2048x2rp,4096x4rp,4096x8rp,8192x8rp,8192x16p,4096x4hp,4096x4hrp,8192x16hp")
+DEFAULT_TILES = ("4096x4,8192x16,2048x1,4096x8,2048x1r,2048x2r,4096x4r,4096x8r,4096x4p,4096x8p,2048x2rp,"
+                 "4096x4rp,4096x8rp,8192x8rp,8192x16p,4096x4hrp,8192x16hp,8192x16hp@1,8192x16hrp@1,16384x32hrp@1,"
+                 "4096x8hrp@1,4096x8hrp@2,4096x4hrp@2,4096x4hrp@4")
 
 
 def parse_tile(s: str):
-    """"BLOCKxWARPS[xSTAGES][h][r][p]" -> a kernels.logprobs.Tile of one row per program; h turns on the
-    loss kernel's L2 cache hints (first pass evict_last, second pass evict_first), r the per-row scalar
-    sums, p the next-tile prefetch."""
+    """"BLOCKxWARPS[xSTAGES][h][r][p][@K]" -> a kernels.logprobs.Tile of one row per program; h turns on
+    the loss kernel's L2 cache hints (first pass evict_last, second pass evict_first), r the per-row scalar
+    sums, p the next-tile prefetch, @K a persistent loss grid of K programs per SM."""
     from grpo.kernels.logprobs import Tile
+    s, _, per_sm = s.partition("@")
     body = s.lower().rstrip("hrp")
     flags = s.lower()[len(body):]
     v = [int(x) for x in body.split("x")]
-    if len(v) not in (2, 3) or set(flags) - {"h", "r", "p"}:
-        raise ValueError(f"tile {s!r}: expected BLOCKxWARPS[xSTAGES][h][r][p]")
+    if len(v) not in (2, 3) or set(flags) - {"h", "r", "p"} or (per_sm and not per_sm.isdigit()):
+        raise ValueError(f"tile {s!r}: expected BLOCKxWARPS[xSTAGES][h][r][p][@K]")
     return Tile(v[0], 1, v[1], v[2] if len(v) == 3 else None, l2_hints="h" in flags, row_acc="r" in flags,
-                prefetch="p" in flags)
+                prefetch="p" in flags, persistent=int(per_sm or 0))
 
 
 def op_fn(op: str, batch: dict):
@@ -140,7 +143,7 @@ def main(argv=None):
     p.add_argument("--shape", default="16384x151936", help="NxV")
     p.add_argument("--dtype", default="bf16", help="fp32, bf16 or fp16")
     p.add_argument("--ops", default="grpo_loss,token_logprobs")
-    p.add_argument("--tiles", default=DEFAULT_TILES, help="comma-separated BLOCKxWARPS[xSTAGES][h][r][p]")
+    p.add_argument("--tiles", default=DEFAULT_TILES, help="comma-separated BLOCKxWARPS[xSTAGES][h][r][p][@K]")
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--adv", default="4096x16", help="BxG for the advantages graph timing ('' skips it)")
     p.add_argument("--device", default="cuda", help="cuda, or cpu under TRITON_INTERPRET=1 (a dry run)")

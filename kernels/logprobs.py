@@ -259,8 +259,10 @@ def _softmax_grad_kernel(logits, targets, stats, ent, g_logp, g_ent, dlogits, N,
 class Tile(NamedTuple):
     """A row launch's shape: BLOCK_V elements per tile, ROWS rows per program, num_warps, num_stages (None:
     Triton's default), l2_hints (the two-pass loss kernel's cache policies: pass 1 loads evict_last, pass 2
-    loads and stores evict_first), row_acc (_row_stats ROW_ACC: per-row scalar sums) and prefetch (both
-    passes issue the next tile's load before the current tile's math: two tiles in flight)."""
+    loads and stores evict_first), row_acc (_row_stats ROW_ACC: per-row scalar sums), prefetch (both
+    passes issue the next tile's load before the current tile's math: two tiles in flight) and persistent
+    (the loss kernel only: that many programs per SM loop over the row blocks, bounding the rows in flight
+    so that pass 2 can find them in L2)."""
     block_v: int
     rows: int
     num_warps: int
@@ -268,6 +270,7 @@ class Tile(NamedTuple):
     l2_hints: bool = False
     row_acc: bool = False
     prefetch: bool = False
+    persistent: int = 0  # the loss kernel: programs per SM of a persistent grid (0: a program per row block)
 
     def launch(self, stats_pass: bool = True) -> dict:
         """The launch's keyword arguments: tile constexprs (ROW_ACC only for kernels with a stats pass),
@@ -293,6 +296,13 @@ def row_config(V: int, elem_bytes: int) -> Tile:
     else:
         num_warps = max(1, min(16, rows * block_v // 512))
     return Tile(block_v, rows, num_warps)
+
+
+def sm_count(device: torch.device) -> int:
+    """Multiprocessors of a CUDA device (a persistent grid's unit); the CPU interpreter counts cores."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return os.cpu_count() or 1
 
 
 def temperature_args(temperature: float) -> dict:

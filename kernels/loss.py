@@ -25,7 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .logprobs import _finish_stats, _grad_pass, _row_stats, bf16_rne, row_config, row_stride, temperature_args
+from .logprobs import (_finish_stats, _grad_pass, _row_stats, bf16_rne, row_config, row_stride, sm_count,
+                       temperature_args)
 
 # csrc/params.h codes
 KL3, KL2, KL1 = 0, 1, 2
@@ -145,7 +146,7 @@ def _tok_weight(old, samp, w_seq, is_cap, IS_MODE: tl.constexpr, SEQ_IS: tl.cons
 
 # --- @triton.jit kernels ------------------------------------------------------------------------------
 @triton.jit
-def _fused_loss_kernel(logits, targets, logp_out, stats_out, ent_out, tok_loss_out, g_out, old_lp, ref_lp, samp_lp,
+def _fused_loss_rows(rb, logits, targets, logp_out, stats_out, ent_out, tok_loss_out, g_out, old_lp, ref_lp, samp_lp,
                        coef_in, mask_in, adv, dlogits, N, V, T_seq, stride, out_stride, T, Tlo, invT, lo, hi,
                        eps_low, eps_high, dual_clip, beta, is_cap,
                        HAS_T: tl.constexpr, WITH_ENT: tl.constexpr, HAS_OLD: tl.constexpr, HAS_REF: tl.constexpr,
@@ -153,7 +154,8 @@ def _fused_loss_kernel(logits, targets, logp_out, stats_out, ent_out, tok_loss_o
                        HAS_DUAL: tl.constexpr, WRITE_GRAD: tl.constexpr, BF16_RNE: tl.constexpr,
                        BLOCK_V: tl.constexpr, ROWS: tl.constexpr, ROW_ACC: tl.constexpr, PREFETCH: tl.constexpr,
                        POLICY1: tl.constexpr, POLICY2: tl.constexpr):
-    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    """Rows rb * ROWS ... rb * ROWS + ROWS - 1: pass 1, the head, pass 2 (WRITE_GRAD)."""
+    rows = rb * ROWS + tl.arange(0, ROWS)
     row_ok = rows < N
     rows64 = rows.to(tl.int64)
     row_ptr = logits + rows64 * stride
@@ -213,6 +215,33 @@ def _fused_loss_kernel(logits, targets, logp_out, stats_out, ent_out, tok_loss_o
         zero = tl.zeros([ROWS], tl.float32)
         _grad_pass(row_ptr, dlogits + rows64 * out_stride, row_ok, tgt, x_t, m, logs, zero, g, zero, V, T, Tlo, invT,
                    lo, hi, HAS_T, False, True, BF16_RNE, BLOCK_V, ROWS, POLICY2, PREFETCH)
+
+
+@triton.jit
+def _fused_loss_kernel(logits, targets, logp_out, stats_out, ent_out, tok_loss_out, g_out, old_lp, ref_lp, samp_lp,
+                       coef_in, mask_in, adv, dlogits, N, V, T_seq, stride, out_stride, T, Tlo, invT, lo, hi,
+                       eps_low, eps_high, dual_clip, beta, is_cap,
+                       HAS_T: tl.constexpr, WITH_ENT: tl.constexpr, HAS_OLD: tl.constexpr, HAS_REF: tl.constexpr,
+                       HAS_SAMP: tl.constexpr, IS_MODE: tl.constexpr, KL: tl.constexpr, HAS_BETA: tl.constexpr,
+                       HAS_DUAL: tl.constexpr, WRITE_GRAD: tl.constexpr, BF16_RNE: tl.constexpr,
+                       BLOCK_V: tl.constexpr, ROWS: tl.constexpr, ROW_ACC: tl.constexpr, PREFETCH: tl.constexpr,
+                       POLICY1: tl.constexpr, POLICY2: tl.constexpr, PERSISTENT: tl.constexpr):
+    """One row block per program, or (PERSISTENT) a grid of a few programs per SM, each walking row blocks
+    pid, pid + grid, ...: only grid rows are in flight at once, so pass 2 finds its row in L2."""
+    if PERSISTENT:
+        for rb in range(tl.program_id(0), tl.cdiv(N, ROWS), tl.num_programs(0)):
+            _fused_loss_rows(rb, logits, targets, logp_out, stats_out, ent_out, tok_loss_out, g_out, old_lp, ref_lp,
+                             samp_lp, coef_in, mask_in, adv, dlogits, N, V, T_seq, stride, out_stride, T, Tlo, invT,
+                             lo, hi, eps_low, eps_high, dual_clip, beta, is_cap, HAS_T, WITH_ENT, HAS_OLD, HAS_REF,
+                             HAS_SAMP, IS_MODE, KL, HAS_BETA, HAS_DUAL, WRITE_GRAD, BF16_RNE, BLOCK_V, ROWS, ROW_ACC,
+                             PREFETCH, POLICY1, POLICY2)
+    else:
+        rb = tl.program_id(0)
+        _fused_loss_rows(rb, logits, targets, logp_out, stats_out, ent_out, tok_loss_out, g_out, old_lp, ref_lp,
+                         samp_lp, coef_in, mask_in, adv, dlogits, N, V, T_seq, stride, out_stride, T, Tlo, invT,
+                         lo, hi, eps_low, eps_high, dual_clip, beta, is_cap, HAS_T, WITH_ENT, HAS_OLD, HAS_REF,
+                         HAS_SAMP, IS_MODE, KL, HAS_BETA, HAS_DUAL, WRITE_GRAD, BF16_RNE, BLOCK_V, ROWS, ROW_ACC,
+                         PREFETCH, POLICY1, POLICY2)
 
 
 @triton.jit
@@ -315,7 +344,9 @@ def fused_loss(logits2d, targets1d, coef, adv, old, ref, samp, *, mask, T_seq, e
         return tok_loss, logp, ent, stats, g
     tile = row_config(V, logits2d.element_size())
     dummy = coef
-    _fused_loss_kernel[(triton.cdiv(N, tile.rows),)](
+    blocks = triton.cdiv(N, tile.rows)
+    grid = min(blocks, tile.persistent * sm_count(logits2d.device)) if tile.persistent else blocks
+    _fused_loss_kernel[(grid,)](
         logits2d, targets1d, logp, stats, dummy if ent is None else ent, tok_loss, g,
         dummy if old is None else old, dummy if ref is None else ref, dummy if samp is None else samp,
         coef, mask, adv, logits2d if dlogits is None else dlogits, N, V, T_seq, row_stride(logits2d),
@@ -324,7 +355,7 @@ def fused_loss(logits2d, targets1d, coef, adv, old, ref, samp, *, mask, T_seq, e
         WITH_ENT=bool(entropy), HAS_OLD=old is not None, HAS_REF=ref is not None, HAS_SAMP=samp is not None,
         WRITE_GRAD=dlogits is not None, BF16_RNE=dlogits is not None and bf16_rne(dlogits),
         POLICY1="evict_last" if tile.l2_hints and dlogits is not None else "",
-        POLICY2="evict_first" if tile.l2_hints else "", **tile.launch())
+        POLICY2="evict_first" if tile.l2_hints else "", PERSISTENT=tile.persistent > 0, **tile.launch())
     return tok_loss, logp, ent, stats, g
 
 

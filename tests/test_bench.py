@@ -114,12 +114,13 @@ def test_tune_triton_dry_run_on_the_interpreter(tmp_path):
 
 
 def test_triton_resources_compiles_for_sm90_without_a_gpu(tmp_path):
-    """bench/triton_resources.py: both row kernels compile ahead of time for sm_90 here (no GPU), report
+    """bench/triton_resources.py: the three row kernels compile ahead of time for sm_90 here (no GPU), report
     registers and no spills, and with 16-divisible strides their logits loads are 16-byte vectors."""
     env = {k: v for k, v in _env(tmp_path).items() if k != "TRITON_INTERPRET"}
     r = _run([sys.executable, "-m", "bench.triton_resources", "--tiles", "4096x4,2048x2rp"], env)
-    rows = [line.split() for line in r.stdout.splitlines() if line.split()[:1] in (["logprobs"], ["loss"])]
-    assert len(rows) == 4, r.stdout
+    kernels = (["logprobs"], ["softmax_grad"], ["loss"])
+    rows = [line.split() for line in r.stdout.splitlines() if line.split()[:1] in kernels]
+    assert len(rows) == 6, r.stdout
     for row in rows:
         regs, local = int(row[2]), int(row[6])
         assert 0 < regs <= 255 and local == 0, row

@@ -65,7 +65,9 @@ TILES = {"256x1h": Tile(256, 1, 1, l2_hints=True), "128x2x2": Tile(128, 1, 2, 2)
          "512x4hr": Tile(512, 1, 4, l2_hints=True, row_acc=True), "128x1r": Tile(128, 1, 1, row_acc=True),
          "64x4rows_r": Tile(64, 4, 2, row_acc=True), "128x2p": Tile(128, 1, 2, prefetch=True),
          "256x1hrp": Tile(256, 1, 1, l2_hints=True, row_acc=True, prefetch=True),
-         "64x4rows_p": Tile(64, 4, 2, prefetch=True), "2048x4p": Tile(2048, 1, 4, prefetch=True)}
+         "64x4rows_p": Tile(64, 4, 2, prefetch=True), "2048x4p": Tile(2048, 1, 4, prefetch=True),
+         "256x2hrp@1": Tile(256, 1, 2, l2_hints=True, row_acc=True, prefetch=True, persistent=1),
+         "64x4rows@2": Tile(64, 4, 2, persistent=2)}
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -165,11 +167,12 @@ def test_triton_launch_loss_dlogits_multi_tile(seed, small_tiles, name):
     check_launch_loss(name, (2, 2, 4097), torch.bfloat16, True)
 
 
-@pytest.mark.parametrize("tile", ["256x1hrp", "128x2p"])
+@pytest.mark.parametrize("tile", ["256x1hrp", "128x2p", "256x2hrp@1", "64x4rows@2"])
 @pytest.mark.parametrize("name", ["default", "is_token_truncate", "gspo"])
 def test_triton_launch_loss_in_place_tile_overrides(seed, monkeypatch, name, tile):
     """dlogits written over the logits with the next tile prefetched (pass 2 walks the row backwards and
-    prefetches the tile before it) and the L2 hints: every element is still read before it is written."""
+    prefetches the tile before it), the L2 hints, and a persistent grid (fewer programs than row blocks,
+    each looping): every element is still read before it is written, every row is done once."""
     monkeypatch.setattr(tk_logprobs, "TILE", TILES[tile])
     check_launch_loss(name, (2, 2, 4097), torch.bfloat16, True)
     check_launch_loss(name, (3, 2, 1000), torch.float32, True)
