@@ -127,7 +127,8 @@ def compile_launch(fn, sig, consts, opts, arch):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", type=int, default=90)
-    p.add_argument("--quick", action="store_true", help="default tiles in fp32 and bf16 and one tile with every option (what the test runs)")
+    p.add_argument("--quick", action="store_true",
+                   help="default tiles in fp32 and bf16 and one tile with every option (what the test runs)")
     a = p.parse_args(argv)
     rec = Recorder()
     original = triton_jit.JITFunction.run

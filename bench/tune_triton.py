@@ -6,9 +6,9 @@ and the device time of one group_advantages launch (CUDA-graph replays, no host 
 
 A tile is BLOCK_V x num_warps [x num_stages] [h: the loss kernel's L2 hints] [r: per-row scalar sums]
 [p: next-tile prefetch] [@K: a persistent loss grid of K programs per SM], one row per program
-(kernels.logprobs.TILE); `default` is what row_config picks. Every tile's result is compared with the default's (a tile that changes the
-result beyond rounding order is flagged, not timed as a win), then all tiles are timed in interleaved
-rounds. Bytes are bench_loss.bytes_moved (2 N V e for grpo_loss, N V e for token_logprobs), GB/s next to
+(kernels.logprobs.TILE); `default` is what row_config picks. Every tile's result is compared with the
+default's (max |d| printed: a tile that changes the result beyond rounding order is wrong, not fast), then
+all tiles are timed in interleaved rounds. Bytes are bench_loss.bytes_moved (2 N V e for grpo_loss, N V e for token_logprobs), GB/s next to
 the measured copy rate. The advantages row is the device time per launch: K launches of the raw launcher
 (grpo.ops.advantages._launch, which skips the argument and NaN checks) captured in one CUDA graph, replayed,
 divided by K. Rows go to bench/results/tune_triton.csv.
@@ -106,7 +106,8 @@ def sweep(a, op, sink, copy_gbs):
     print(f"\n{op} N={N} V={V} {a.dtype_name}: bytes {nbytes / 1e9:.2f} GB, copy {copy_gbs:.0f} GB/s")
     print(f"{'tile':>12} {'p20 ms':>8} {'p50 ms':>8} {'p80 ms':>8} {'GB/s':>8} {'%copy':>6}  max|d| vs default")
     for _, name, q, gbs in sorted(rows):
-        print(f"{name:>12} {q[0] * 1e3:8.3f} {q[1] * 1e3:8.3f} {q[2] * 1e3:8.3f} {gbs:8.0f} {100 * gbs / copy_gbs:5.1f}%"
+        ms = " ".join(f"{x * 1e3:8.3f}" for x in q)
+        print(f"{name:>12} {ms} {gbs:8.0f} {100 * gbs / copy_gbs:5.1f}%"
               f"  {flags.get(name, 0.0):.1e}", flush=True)
     del batch
     common.free_memory(a.device)

@@ -194,7 +194,8 @@ def _grad_pass(row_ptr, out_ptr, row_ok, tgt, x_t, m, logs, H, g, ge, V, T, Tlo,
         else:
             x = tl.load(row_ptr[:, None] + cols[None, :], mask=cmask & live[:, None], other=0.0,
                         eviction_policy=POLICY)
-        zl = (_scale(x.to(tl.float32), T, Tlo, invT, lo, hi, HAS_T) - m[:, None]) - logs[:, None]  # log p_j, max off first
+        # log p_j, the max off first
+        zl = (_scale(x.to(tl.float32), T, Tlo, invT, lo, hi, HAS_T) - m[:, None]) - logs[:, None]
         p = tl.exp2(zl * LOG2E)
         val = a[:, None] * p
         if HAS_ENT:
