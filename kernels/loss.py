@@ -8,7 +8,11 @@ then `_seq_head_kernel` (O(N)), then the softmax-gradient pass: never an [N, V] 
 Design (why):
 - The fused kernel reads each row once for pass 1 and, when a dlogits buffer is given, re-reads it right
   away for pass 2, walking the tiles backwards so the first re-read tiles are the ones pass 1 touched last
-  (the likeliest to be in L2): one HBM read + one write of [N, V] instead of two reads + one write.
+  (the likeliest to be in L2): one HBM read + one write of [N, V] instead of two reads + one write when
+  the row is still in L2. With long rows it mostly is not: at V = 151936 a bf16 row is 304 KB and a
+  program per row block keeps a few hundred rows in flight (80-200 MB against an H200's 60 MB of L2), and
+  on the H200 no tile shape moved the kernel's time (bench/README.md). Tile.persistent (a grid of K
+  programs per SM looping over row blocks) bounds the rows in flight; it is tested, not yet timed.
 - The head is per-row fp32 arithmetic on (ROWS,) vectors; its options (IS mode, KL kind, beta, dual clip,
   which of old/ref/sampling logprobs exist) are constexprs, so each configuration compiles to the few
   instructions it needs.
@@ -147,13 +151,13 @@ def _tok_weight(old, samp, w_seq, is_cap, IS_MODE: tl.constexpr, SEQ_IS: tl.cons
 # --- @triton.jit kernels ------------------------------------------------------------------------------
 @triton.jit
 def _fused_loss_rows(rb, logits, targets, logp_out, stats_out, ent_out, tok_loss_out, g_out, old_lp, ref_lp, samp_lp,
-                       coef_in, mask_in, adv, dlogits, N, V, T_seq, stride, out_stride, T, Tlo, invT, lo, hi,
-                       eps_low, eps_high, dual_clip, beta, is_cap,
-                       HAS_T: tl.constexpr, WITH_ENT: tl.constexpr, HAS_OLD: tl.constexpr, HAS_REF: tl.constexpr,
-                       HAS_SAMP: tl.constexpr, IS_MODE: tl.constexpr, KL: tl.constexpr, HAS_BETA: tl.constexpr,
-                       HAS_DUAL: tl.constexpr, WRITE_GRAD: tl.constexpr, BF16_RNE: tl.constexpr,
-                       BLOCK_V: tl.constexpr, ROWS: tl.constexpr, ROW_ACC: tl.constexpr, PREFETCH: tl.constexpr,
-                       POLICY1: tl.constexpr, POLICY2: tl.constexpr):
+                     coef_in, mask_in, adv, dlogits, N, V, T_seq, stride, out_stride, T, Tlo, invT, lo, hi,
+                     eps_low, eps_high, dual_clip, beta, is_cap,
+                     HAS_T: tl.constexpr, WITH_ENT: tl.constexpr, HAS_OLD: tl.constexpr, HAS_REF: tl.constexpr,
+                     HAS_SAMP: tl.constexpr, IS_MODE: tl.constexpr, KL: tl.constexpr, HAS_BETA: tl.constexpr,
+                     HAS_DUAL: tl.constexpr, WRITE_GRAD: tl.constexpr, BF16_RNE: tl.constexpr,
+                     BLOCK_V: tl.constexpr, ROWS: tl.constexpr, ROW_ACC: tl.constexpr, PREFETCH: tl.constexpr,
+                     POLICY1: tl.constexpr, POLICY2: tl.constexpr):
     """Rows rb * ROWS ... rb * ROWS + ROWS - 1: pass 1, the head, pass 2 (WRITE_GRAD)."""
     rows = rb * ROWS + tl.arange(0, ROWS)
     row_ok = rows < N
