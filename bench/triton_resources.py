@@ -61,28 +61,37 @@ def kernel_consts(kernel: str, tile) -> tuple:
         consts = dict(HAS_T=False, WITH_STATS=True, WITH_ENT=False, WITH_LO=False, **tile_kw)
         return kl._logprobs_kernel, consts, warps, stages
     if kernel == "softmax_grad":
-        del tile_kw["ROW_ACC"]
+        tile_kw = tile.launch(stats_pass=False)
+        warps, stages = tile_kw.pop("num_warps"), tile_kw.pop("num_stages", 3)
         return kl._softmax_grad_kernel, dict(HAS_T=False, HAS_ENT=False, BF16_RNE=False, **tile_kw), warps, stages
     consts = dict(HAS_T=False, WITH_ENT=False, HAS_OLD=True, HAS_REF=False, HAS_SAMP=False, IS_MODE=0, KL=0,
                   HAS_BETA=False, HAS_DUAL=False, WRITE_GRAD=True, BF16_RNE=False,
                   POLICY1="evict_last" if tile.l2_hints else "", POLICY2="evict_first" if tile.l2_hints else "",
-                  PERSISTENT=tile.persistent > 0, **tile_kw)
+                  **tile_kw)
     return kloss._fused_loss_kernel, consts, warps, stages
 
 
-def compile_tile(kernel: str, tile, dtype: str, arch: int, div16: bool):
-    fn, consts, warps, stages = kernel_consts(kernel, tile)
-    types = arg_types(fn, dtype)
+def aot_compile(fn, types: dict, consts: dict, warps: int, stages: int, arch: int, div16=()):
+    """Compiles jit function `fn` for sm_<arch> without a GPU: `types` the Triton types of its runtime
+    arguments, `consts` its constexpr values, `div16` the arguments specialized as divisible by 16 (as the
+    launcher does for 16-byte-aligned pointers and multiples of 16)."""
     sig, cx, attrs = {}, {}, {}
     for i, n in enumerate(fn.arg_names):
         if n in consts:
             sig[n], cx[(i,)] = "constexpr", consts[n]
             continue
         sig[n] = types[n]
-        if div16 and (types[n].startswith("*") or n in DIV16_INTS):
+        if n in div16:
             attrs[(i,)] = [["tt.divisibility", 16]]
     src = ASTSource(fn, sig, cx, attrs)
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=dict(num_warps=warps, num_stages=stages))
+
+
+def compile_tile(kernel: str, tile, dtype: str, arch: int, div16: bool):
+    fn, consts, warps, stages = kernel_consts(kernel, tile)
+    types = arg_types(fn, dtype)
+    aligned = {n for n, t in types.items() if t.startswith("*") or n in DIV16_INTS} if div16 else set()
+    return aot_compile(fn, types, consts, warps, stages, arch, aligned)
 
 
 def resources(compiled) -> dict:

@@ -18,11 +18,9 @@ import sys
 import traceback
 
 import torch
-import triton
 import triton.runtime.jit as triton_jit
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
 
+from bench.triton_resources import aot_compile
 from grpo.ops import LossConfig
 from grpo.ops.advantages import _launch as launch_advantages
 from grpo.ops.logprobs import launch_logprobs, launch_softmax_grad
@@ -112,18 +110,6 @@ def exercise(quick: bool):
                           ADV_ESTIMATORS.get(est, "estimator").code, 1e-4, "triton")
 
 
-def compile_launch(fn, sig, consts, opts, arch):
-    full_sig, cx = {}, {}
-    for i, p in enumerate(fn.params):
-        if p.name in consts:
-            full_sig[p.name], cx[(i,)] = "constexpr", consts[p.name]
-        else:
-            full_sig[p.name] = sig[p.name]
-    attrs = {(i,): [["tt.divisibility", 16]] for i, p in enumerate(fn.params) if full_sig[p.name].startswith("*")}
-    src = ASTSource(fn, full_sig, cx, attrs)
-    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=dict(num_warps=opts[0], num_stages=opts[1]))
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", type=int, default=90)
@@ -142,7 +128,7 @@ def main(argv=None):
     for n, (key, (fn, sig, consts, opts)) in enumerate(sorted(rec.launches.items(), key=lambda kv: kv[0][0])):
         short = ",".join(f"{k}={v}" for k, v in consts.items() if k.isupper())
         try:
-            compile_launch(fn, sig, consts, opts, a.arch)
+            aot_compile(fn, sig, consts, *opts, a.arch, div16={n for n, t in sig.items() if t.startswith("*")})
             status = "ok"
         except Exception as e:  # noqa: BLE001 -- reported per launch
             failed += 1

@@ -8,10 +8,10 @@ A tile is BLOCK_V x num_warps [x num_stages] [h: the loss kernel's L2 hints] [r:
 [p: next-tile prefetch] [@K: a persistent loss grid of K programs per SM], one row per program
 (kernels.logprobs.TILE); `default` is what row_config picks. Every tile's result is compared with the
 default's (max |d| printed: a tile that changes the result beyond rounding order is wrong, not fast), then
-all tiles are timed in interleaved rounds. Bytes are bench_loss.bytes_moved (2 N V e for grpo_loss, N V e for token_logprobs), GB/s next to
-the measured copy rate. The advantages row is the device time per launch: K launches of the raw launcher
-(grpo.ops.advantages._launch, which skips the argument and NaN checks) captured in one CUDA graph, replayed,
-divided by K. Rows go to bench/results/tune_triton.csv.
+all tiles are timed in interleaved rounds. Bytes are bench_loss.bytes_moved (2 N V e for grpo_loss,
+N V e for token_logprobs), GB/s next to the measured copy rate. The advantages row is the device time
+per launch: K launches of the raw launcher (grpo.ops.advantages._launch, which skips the argument and NaN
+checks) captured in one CUDA graph, replayed, divided by K. Rows go to bench/results/tune_triton.csv.
 """
 from __future__ import annotations
 

@@ -229,18 +229,11 @@ def _fused_loss_kernel(logits, targets, logp_out, stats_out, ent_out, tok_loss_o
                        HAS_SAMP: tl.constexpr, IS_MODE: tl.constexpr, KL: tl.constexpr, HAS_BETA: tl.constexpr,
                        HAS_DUAL: tl.constexpr, WRITE_GRAD: tl.constexpr, BF16_RNE: tl.constexpr,
                        BLOCK_V: tl.constexpr, ROWS: tl.constexpr, ROW_ACC: tl.constexpr, PREFETCH: tl.constexpr,
-                       POLICY1: tl.constexpr, POLICY2: tl.constexpr, PERSISTENT: tl.constexpr):
-    """One row block per program, or (PERSISTENT) a grid of a few programs per SM, each walking row blocks
-    pid, pid + grid, ...: only grid rows are in flight at once, so pass 2 finds its row in L2."""
-    if PERSISTENT:
-        for rb in range(tl.program_id(0), tl.cdiv(N, ROWS), tl.num_programs(0)):
-            _fused_loss_rows(rb, logits, targets, logp_out, stats_out, ent_out, tok_loss_out, g_out, old_lp, ref_lp,
-                             samp_lp, coef_in, mask_in, adv, dlogits, N, V, T_seq, stride, out_stride, T, Tlo, invT,
-                             lo, hi, eps_low, eps_high, dual_clip, beta, is_cap, HAS_T, WITH_ENT, HAS_OLD, HAS_REF,
-                             HAS_SAMP, IS_MODE, KL, HAS_BETA, HAS_DUAL, WRITE_GRAD, BF16_RNE, BLOCK_V, ROWS, ROW_ACC,
-                             PREFETCH, POLICY1, POLICY2)
-    else:
-        rb = tl.program_id(0)
+                       POLICY1: tl.constexpr, POLICY2: tl.constexpr):
+    """Row blocks pid, pid + grid, ...: one block per program when the grid covers them all, or, with a
+    persistent grid (Tile.persistent: a few programs per SM), a loop that keeps only grid rows in flight
+    at once, so that pass 2 can find its row in L2."""
+    for rb in range(tl.program_id(0), tl.cdiv(N, ROWS), tl.num_programs(0)):
         _fused_loss_rows(rb, logits, targets, logp_out, stats_out, ent_out, tok_loss_out, g_out, old_lp, ref_lp,
                          samp_lp, coef_in, mask_in, adv, dlogits, N, V, T_seq, stride, out_stride, T, Tlo, invT,
                          lo, hi, eps_low, eps_high, dual_clip, beta, is_cap, HAS_T, WITH_ENT, HAS_OLD, HAS_REF,
@@ -359,7 +352,7 @@ def fused_loss(logits2d, targets1d, coef, adv, old, ref, samp, *, mask, T_seq, e
         WITH_ENT=bool(entropy), HAS_OLD=old is not None, HAS_REF=ref is not None, HAS_SAMP=samp is not None,
         WRITE_GRAD=dlogits is not None, BF16_RNE=dlogits is not None and bf16_rne(dlogits),
         POLICY1="evict_last" if tile.l2_hints and dlogits is not None else "",
-        POLICY2="evict_first" if tile.l2_hints else "", PERSISTENT=tile.persistent > 0, **tile.launch())
+        POLICY2="evict_first" if tile.l2_hints else "", **tile.launch())
     return tok_loss, logp, ent, stats, g
 
 
