@@ -150,78 +150,6 @@ def _tok_weight(old, samp, w_seq, is_cap, IS_MODE: tl.constexpr, SEQ_IS: tl.cons
 
 # --- @triton.jit kernels ------------------------------------------------------------------------------
 @triton.jit
-def _fused_loss_rows(rb, logits, targets, logp_out, stats_out, ent_out, tok_loss_out, g_out, old_lp, ref_lp, samp_lp,
-                     coef_in, mask_in, adv, dlogits, N, V, T_seq, stride, out_stride, T, Tlo, invT, lo, hi,
-                     eps_low, eps_high, dual_clip, beta, is_cap,
-                     HAS_T: tl.constexpr, WITH_ENT: tl.constexpr, HAS_OLD: tl.constexpr, HAS_REF: tl.constexpr,
-                     HAS_SAMP: tl.constexpr, IS_MODE: tl.constexpr, KL: tl.constexpr, HAS_BETA: tl.constexpr,
-                     HAS_DUAL: tl.constexpr, WRITE_GRAD: tl.constexpr, BF16_RNE: tl.constexpr,
-                     BLOCK_V: tl.constexpr, ROWS: tl.constexpr, ROW_ACC: tl.constexpr, PREFETCH: tl.constexpr,
-                     POLICY1: tl.constexpr, POLICY2: tl.constexpr):
-    """Rows rb * ROWS ... rb * ROWS + ROWS - 1: pass 1, the head, pass 2 (WRITE_GRAD)."""
-    rows = rb * ROWS + tl.arange(0, ROWS)
-    row_ok = rows < N
-    rows64 = rows.to(tl.int64)
-    row_ptr = logits + rows64 * stride
-    # Masked rows (mask 0: coef 0, metrics mask them) are never read: every output of theirs is 0, and the
-    # gradient pass writes their dlogits row as zeros with the loads off (g = 0 there).
-    live = row_ok & (tl.load(mask_in + rows64, mask=row_ok, other=0.0) != 0.0)
-    # Per-row loads for the head are issued now and consumed after the row pass.
-    tgt = tl.load(targets + rows64, mask=row_ok, other=0)
-    x_t = tl.load(row_ptr + tgt, mask=live, other=0.0).to(tl.float32)
-    A = tl.load(adv + rows64 // T_seq, mask=live, other=0.0)
-    coef = tl.load(coef_in + rows64, mask=live, other=0.0)
-    # Every head input is defined on both sides of its constexpr branch, before the row pass.
-    if HAS_OLD:
-        old_in = tl.load(old_lp + rows64, mask=live, other=0.0)
-    else:
-        old_in = tl.zeros([ROWS], tl.float32)
-    if HAS_REF:
-        ref = tl.load(ref_lp + rows64, mask=live, other=0.0)
-    else:
-        ref = tl.zeros([ROWS], tl.float32)
-    if HAS_SAMP:
-        samp_in = tl.load(samp_lp + rows64, mask=live, other=0.0)
-    else:
-        samp_in = tl.zeros([ROWS], tl.float32)
-    # A program whose rows are all masked skips the row loop (V_eff = 0): m = -inf, s = t = 0, zeroed below.
-    V_eff = tl.where(tl.max(live.to(tl.int32), axis=0) > 0, V, 0)
-    m, s, t = _row_stats(row_ptr, live, V_eff, T, Tlo, invT, lo, hi, HAS_T, WITH_ENT, BLOCK_V, ROWS, POLICY1,
-                         ROW_ACC, PREFETCH)
-    logp, logs, ent, _ = _finish_stats(x_t, m, s, t, T, Tlo, invT, lo, hi, HAS_T)
-    logp = tl.where(live, logp, 0.0)
-    m = tl.where(live, m, 0.0)
-    logs = tl.where(live, logs, 0.0)
-    # Store the row outputs before the head reads logp: with the head first, triton 3.6's
-    # TritonGPURemoveLayoutConversions reused the store's layout conversion of logp ahead of its definition
-    # ("operand #0 does not dominate this use").
-    tl.store(logp_out + rows64, logp, mask=row_ok)
-    tl.store(stats_out + 2 * rows64, m, mask=row_ok)
-    tl.store(stats_out + 2 * rows64 + 1, logs, mask=row_ok)
-    if WITH_ENT:
-        tl.store(ent_out + rows64, tl.where(live, ent, 0.0), mask=row_ok)
-    if HAS_OLD:
-        old = old_in
-    else:
-        old = logp  # on-policy
-    if HAS_SAMP:
-        samp = samp_in
-    else:
-        samp = old
-    loss, g = _token_head(logp, old, ref, samp, A, coef, eps_low, eps_high, dual_clip, beta, is_cap,
-                          IS_MODE, KL, HAS_BETA, HAS_DUAL)
-    loss = tl.where(live, loss, 0.0)
-    g = tl.where(live, g, 0.0)
-    tl.store(tok_loss_out + rows64, loss, mask=row_ok)
-    tl.store(g_out + rows64, g, mask=row_ok)
-    if WRITE_GRAD:
-        tl.debug_barrier()  # x_t was read by every thread before any thread writes the row (in place)
-        zero = tl.zeros([ROWS], tl.float32)
-        _grad_pass(row_ptr, dlogits + rows64 * out_stride, row_ok, tgt, x_t, m, logs, zero, g, zero, V, T, Tlo, invT,
-                   lo, hi, HAS_T, False, True, BF16_RNE, BLOCK_V, ROWS, POLICY2, PREFETCH)
-
-
-@triton.jit
 def _fused_loss_kernel(logits, targets, logp_out, stats_out, ent_out, tok_loss_out, g_out, old_lp, ref_lp, samp_lp,
                        coef_in, mask_in, adv, dlogits, N, V, T_seq, stride, out_stride, T, Tlo, invT, lo, hi,
                        eps_low, eps_high, dual_clip, beta, is_cap,
@@ -234,11 +162,66 @@ def _fused_loss_kernel(logits, targets, logp_out, stats_out, ent_out, tok_loss_o
     persistent grid (Tile.persistent: a few programs per SM), a loop that keeps only grid rows in flight
     at once, so that pass 2 can find its row in L2."""
     for rb in range(tl.program_id(0), tl.cdiv(N, ROWS), tl.num_programs(0)):
-        _fused_loss_rows(rb, logits, targets, logp_out, stats_out, ent_out, tok_loss_out, g_out, old_lp, ref_lp,
-                         samp_lp, coef_in, mask_in, adv, dlogits, N, V, T_seq, stride, out_stride, T, Tlo, invT,
-                         lo, hi, eps_low, eps_high, dual_clip, beta, is_cap, HAS_T, WITH_ENT, HAS_OLD, HAS_REF,
-                         HAS_SAMP, IS_MODE, KL, HAS_BETA, HAS_DUAL, WRITE_GRAD, BF16_RNE, BLOCK_V, ROWS, ROW_ACC,
-                         PREFETCH, POLICY1, POLICY2)
+        rows = rb * ROWS + tl.arange(0, ROWS)
+        row_ok = rows < N
+        rows64 = rows.to(tl.int64)
+        row_ptr = logits + rows64 * stride
+        # Masked rows (mask 0: coef 0, metrics mask them) are never read: every output of theirs is 0, and
+        # the gradient pass writes their dlogits row as zeros with the loads off (g = 0 there).
+        live = row_ok & (tl.load(mask_in + rows64, mask=row_ok, other=0.0) != 0.0)
+        # Per-row loads for the head are issued now and consumed after the row pass.
+        tgt = tl.load(targets + rows64, mask=row_ok, other=0)
+        x_t = tl.load(row_ptr + tgt, mask=live, other=0.0).to(tl.float32)
+        A = tl.load(adv + rows64 // T_seq, mask=live, other=0.0)
+        coef = tl.load(coef_in + rows64, mask=live, other=0.0)
+        # Every head input is defined on both sides of its constexpr branch, before the row pass.
+        if HAS_OLD:
+            old_in = tl.load(old_lp + rows64, mask=live, other=0.0)
+        else:
+            old_in = tl.zeros([ROWS], tl.float32)
+        if HAS_REF:
+            ref = tl.load(ref_lp + rows64, mask=live, other=0.0)
+        else:
+            ref = tl.zeros([ROWS], tl.float32)
+        if HAS_SAMP:
+            samp_in = tl.load(samp_lp + rows64, mask=live, other=0.0)
+        else:
+            samp_in = tl.zeros([ROWS], tl.float32)
+        # A block whose rows are all masked skips the row loop (V_eff = 0): m = -inf, s = t = 0, zeroed below.
+        V_eff = tl.where(tl.max(live.to(tl.int32), axis=0) > 0, V, 0)
+        m, s, t = _row_stats(row_ptr, live, V_eff, T, Tlo, invT, lo, hi, HAS_T, WITH_ENT, BLOCK_V, ROWS, POLICY1,
+                             ROW_ACC, PREFETCH)
+        logp, logs, ent, _ = _finish_stats(x_t, m, s, t, T, Tlo, invT, lo, hi, HAS_T)
+        logp = tl.where(live, logp, 0.0)
+        m = tl.where(live, m, 0.0)
+        logs = tl.where(live, logs, 0.0)
+        # Store the row outputs before the head reads logp: with the head first, triton 3.6's
+        # TritonGPURemoveLayoutConversions reused the store's layout conversion of logp ahead of its
+        # definition ("operand #0 does not dominate this use").
+        tl.store(logp_out + rows64, logp, mask=row_ok)
+        tl.store(stats_out + 2 * rows64, m, mask=row_ok)
+        tl.store(stats_out + 2 * rows64 + 1, logs, mask=row_ok)
+        if WITH_ENT:
+            tl.store(ent_out + rows64, tl.where(live, ent, 0.0), mask=row_ok)
+        if HAS_OLD:
+            old = old_in
+        else:
+            old = logp  # on-policy
+        if HAS_SAMP:
+            samp = samp_in
+        else:
+            samp = old
+        loss, g = _token_head(logp, old, ref, samp, A, coef, eps_low, eps_high, dual_clip, beta, is_cap,
+                              IS_MODE, KL, HAS_BETA, HAS_DUAL)
+        loss = tl.where(live, loss, 0.0)
+        g = tl.where(live, g, 0.0)
+        tl.store(tok_loss_out + rows64, loss, mask=row_ok)
+        tl.store(g_out + rows64, g, mask=row_ok)
+        if WRITE_GRAD:
+            tl.debug_barrier()  # x_t was read by every thread before any thread writes the row (in place)
+            zero = tl.zeros([ROWS], tl.float32)
+            _grad_pass(row_ptr, dlogits + rows64 * out_stride, row_ok, tgt, x_t, m, logs, zero, g, zero, V, T,
+                       Tlo, invT, lo, hi, HAS_T, False, True, BF16_RNE, BLOCK_V, ROWS, POLICY2, PREFETCH)
 
 
 @triton.jit
