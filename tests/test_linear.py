@@ -1,6 +1,7 @@
 """rowwise_linear (csrc/cpu/linear.cpp) against F.linear in fp64 under the numerics rule (DESIGN.md §5):
-odd shapes around the kernel's tiles (6 or 4 weight rows x 4 or 2 x rows, 16 or 8 lanes), K tails, strided
-rows, bias or none, fp32 / bf16 / fp16, inf/NaN positions, bad input."""
+odd shapes around the kernel's tiles (dot-product tiles of 6 or 4 weight rows x 4 or 2 x rows, 16 or 8
+lanes; fp32 broadcast tiles of 12 or 6 weight rows x 1-2 vectors of x rows past 16 / 8 rows), K tails,
+strided rows, bias or none, fp32 / bf16 / fp16, inf/NaN positions, bad input."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -45,6 +46,17 @@ def test_strided_rows_and_batch_dims(seed, dtype):
     check(xt, w, None)
 
 
+@pytest.mark.parametrize("M", [17, 40, 70])
+def test_strided_weight_rows_broadcast_tiles(seed, M):
+    """fp32 with more than 16 rows of x: the broadcast tiles (AVX-512: weight rows addressed as base + j x
+    row stride), on full and tail tiles of 12 rows, a row stride other than K, a K past one 256-step chunk."""
+    big_w = torch.randn(29, 300) / 17
+    w = big_w[:, 7:290]  # row stride 300, K = 283
+    x = torch.randn(M, 283)
+    check(x, w, torch.randn(29))
+    check(x[:, :250], big_w[:25, :250], None)
+
+
 def test_empty_rows_and_nonfinite_inputs(seed):
     x, w, b = case(6, 9, 20, torch.float32, True)
     assert rowwise_linear(x[:0], w, b).shape == (0, 9)
@@ -80,7 +92,7 @@ def test_plain_linear_sends_prefills_to_torch(monkeypatch, shape, torch_rows, st
     def spy(*a, **k):
         calls.append(a[0].shape)
         return rowwise_linear(*a, **k)
-    monkeypatch.setattr(cg, "rowwise_linear", spy)
+    monkeypatch.setattr(cg, "rowwise_linear_checked", spy)
     x, w = torch.randn(*shape).to(dtype), (torch.randn(9, 20) / 20 ** 0.5).to(dtype)
     y = cg.plain_linear(x, w, None, torch_rows=torch_rows)
     assert bool(calls) == streams and y.dtype == dtype

@@ -1,7 +1,9 @@
 """Samplers on real vLLM (CPU) and transformers, with tiny random Qwen2 models built here.
 
 One VLLMSampler per CPU GEMM mode for the whole module (start-up takes seconds): every test runs with
-vLLM's packed oneDNN GEMMs and with cpu_gemm="plain" (weights kept as loaded, grpo's rowwise_linear);
+vLLM's packed oneDNN GEMMs, with cpu_gemm="plain" (weights kept as loaded, grpo's rowwise_linear) and with
+"plain" compiled by vLLM (enforce_eager=False: rowwise_linear as the operator grpo::plain_linear in the
+graph; an in-place weight update must reach the compiled model, which inductor's weight freezing would break);
 tests that change its weights put the first model's back afterwards (`engine` fixture). The tiny models use init_std=0.1 so that greedy
 decoding does not just repeat the last token (with std 0.02 and tied embeddings it does), which would
 make "follows the new model" checks weak.
@@ -38,11 +40,12 @@ def hf(folders):
     return [AutoModelForCausalLM.from_pretrained(f, dtype=torch.float32).eval() for f in folders]
 
 
-@pytest.fixture(scope="module", params=["onednn", "plain"])
+@pytest.fixture(scope="module", params=["onednn", "plain", "plain-compiled"])
 def sampler(folders, request):
+    mode, _, compiled = request.param.partition("-")
     s = VLLMSampler(folders[0], max_model_len=256, block_size=BLOCK, weight_transfer="native", seed=0,
-                    cpu_gemm=request.param)
-    assert s.plain_gemm == (request.param == "plain")
+                    cpu_gemm=mode, enforce_eager=not compiled)
+    assert s.plain_gemm == (mode == "plain") and s.compiled == bool(compiled)
     yield s
     s.close()
 

@@ -4,6 +4,7 @@
 // in-place weight update is a plain copy into that tensor, with nothing to re-pack (vLLM's oneDNN path
 // keeps only a packed copy and re-creates it on every reload).
 #include <algorithm>
+#include <vector>
 
 #include "kernels.h"
 #include "row.h"
@@ -70,6 +71,18 @@ inline vf vload_reg(const float* p) {
 inline vf vload_reg(const bf16_t* p) { return vload(p); }
 inline vf vload_reg(const f16_t* p) { return vload(p); }
 
+// One float broadcast to every lane straight from memory: a load-port instruction. splat(*p) became
+// vaddss (+0) and a register vbroadcastss, a shuffle on the port of the second FMA unit, per weight element.
+inline vf vbroadcast(const float* p) {
+#if defined(__AVX512F__) || defined(__AVX__)
+  vf v;
+  asm("vbroadcastss (%1), %0" : "=v"(v) : "r"(p));
+  return v;
+#else
+  return splat(*p);
+#endif
+}
+
 typedef float vf8 __attribute__((vector_size(32)));
 typedef float vf4 __attribute__((vector_size(16)));
 
@@ -135,6 +148,144 @@ void tail(const LinearParams& p, int64_t m0, int64_t n0, NextRows& next) {
   }
 }
 
+// fp32: x is transposed once per call into xt, blocks of up to kMB rows: block b (rows m0 = kMB b ..) holds
+// (K, width) floats at xt + m0 K, width = its rows rounded up to kW (zero lanes past M). The weight is then
+// read as it is stored, each element once per row block, as a broadcast scalar against x vectors:
+// acc[j][v] (lanes = x rows) += xt[k][v] * w[n0 + j][k]. No horizontal sums, no weight packing, and each
+// k-step reads MV x vectors (128 B from L1/L2) where the dot-product tile re-reads kRM x rows.
+constexpr int kMB = 2 * kW;               // x rows per block (two vectors)
+constexpr int kNB = kW == 16 ? 12 : 6;    // weight rows per tile: 2 kNB accumulators (+ 2 x vectors)
+// Each output sums kKC products in a register chain, then adds that into its running sum (in memory): a
+// k-order chain over all of K (576) was 2.7x torch's fp64 error, past DESIGN.md's rule; chains of kKC keep
+// it near the lane-split sums of a dot product.
+constexpr int64_t kKC = 256;
+constexpr int64_t kPF = 64;
+
+inline int64_t block_width(int64_t rows) { return std::min<int64_t>(kMB, (rows + kW - 1) / kW * kW); }
+
+void transpose_x(const LinearParams& p, float* xt, int64_t k0, int64_t k1) {
+  const float* x = static_cast<const float*>(p.x);
+  for (int64_t m0 = 0; m0 < p.M; m0 += kMB) {
+    const int64_t rows = std::min<int64_t>(kMB, p.M - m0), width = block_width(rows);
+    float* blk = xt + m0 * p.K;
+    for (int64_t k = k0; k < k1; ++k) {
+      float* o = blk + k * width;
+      for (int64_t i = 0; i < rows; ++i) o[i] = x[(m0 + i) * p.ldx + k];
+      for (int64_t i = rows; i < width; ++i) o[i] = 0.0f;
+    }
+  }
+}
+
+#if defined(__AVX512F__)
+// kFour rows (b, b + s, b + 2s, b + t with t = 3s: one base register and two index registers) x two x vectors.
+// gcc gives each of a tile's 12 row pointers a register of its own and spills four of them, reloading them
+// at every k-step (12x2 tiles ran at ~110 GFLOP/s a core from L2 against ~150 for this asm); an asm block
+// names its 8 accumulators as operands, 16 of the 30 operands gcc allows (a "+" operand counts twice).
+#define GRPO_ROW4(A)                                                                                       \
+  "vbroadcastss (%[b]), %%zmm29\n\tvfmadd231ps %[x0], %%zmm29, %0\n\tvfmadd231ps %[x1], %%zmm29, %1\n\t"     \
+  "vbroadcastss (%[b],%[s],1), %%zmm29\n\tvfmadd231ps %[x0], %%zmm29, %2\n\tvfmadd231ps %[x1], %%zmm29, %3\n\t" \
+  "vbroadcastss (%[b],%[s],2), %%zmm29\n\tvfmadd231ps %[x0], %%zmm29, %4\n\tvfmadd231ps %[x1], %%zmm29, %5\n\t" \
+  "vbroadcastss (%[b],%[t],1), %%zmm29\n\tvfmadd231ps %[x0], %%zmm29, %6\n\tvfmadd231ps %[x1], %%zmm29, %7\n\t" \
+  : "+v"(A[0][0]), "+v"(A[0][1]), "+v"(A[1][0]), "+v"(A[1][1]), "+v"(A[2][0]), "+v"(A[2][1]), "+v"(A[3][0]),  \
+    "+v"(A[3][1])
+
+// acc[j][v] += xb[k][v] * w[j][k] for k in [k0, k1): 12 weight rows at b0 + j s bytes (b0: row 0 at k = 0),
+// xb the block's (K, 32) transposed x. Every 64-byte line of a row, the line kPF elements on is prefetched
+// (past K: the same row of the next tile, which starts NB rows on).
+inline void steps_12x2(vf (&acc)[12][2], const float* xb, const char* b0, int64_t s, int64_t K, int64_t k0,
+                       int64_t k1) {
+  typedef vf Acc4[2];
+  const int64_t t = 3 * s;
+  for (int64_t k = k0; k < k1; ++k) {
+    const char* b = b0 + 4 * k;
+    if (k % 16 == 0) {
+      const char* q = k + kPF < K ? b + 4 * kPF : b0 + 12 * s + 4 * (k + kPF - K);
+      for (int j = 0; j < 12; ++j) __builtin_prefetch(q + j * s, 0, 3);
+    }
+    const vf x0 = vload(xb + 32 * k), x1 = vload(xb + 32 * k + 16);
+    for (int g = 0; g < 3; ++g) {
+      Acc4* a = reinterpret_cast<Acc4*>(&acc[4 * g]);
+      const char* bg = b + 4 * g * s;
+      asm volatile(GRPO_ROW4(a) : [x0] "v"(x0), [x1] "v"(x1), [b] "r"(bg), [s] "r"(s), [t] "r"(t),
+                   "m"(*(const char(*)[])bg) : "xmm29");
+    }
+  }
+}
+#undef GRPO_ROW4
+#endif
+
+// One tile: MV x vectors (rows m0.., `rows` of them stored) against kNB weight rows (n0..; rows
+// past N repeat row N - 1, unstored). Sums in k order, fp32, one rounding: bias added at the store.
+template <int MV>
+inline void bcast_tile(const LinearParams& p, const float* xb, int64_t m0, int64_t rows, int64_t n0) {
+  constexpr int NB = kNB;
+  const float* w = static_cast<const float*>(p.w);
+  const float* wr[NB];
+  for (int j = 0; j < NB; ++j) wr[j] = w + std::min<int64_t>(n0 + j, p.N - 1) * p.ldw;
+  vf sum[NB][MV], acc[NB][MV];
+  for (int j = 0; j < NB; ++j)
+    for (int v = 0; v < MV; ++v) sum[j][v] = splat(0.0f);
+  for (int64_t k0 = 0; k0 < p.K; k0 += kKC) {
+    for (int j = 0; j < NB; ++j)
+      for (int v = 0; v < MV; ++v) acc[j][v] = splat(0.0f);
+    const int64_t k1 = std::min<int64_t>(p.K, k0 + kKC);
+#if defined(__AVX512F__)
+    if constexpr (MV == 2 && NB == 12) {
+      if (n0 + NB <= p.N) {  // rows evenly spaced (no repeated last row)
+        steps_12x2(acc, xb, reinterpret_cast<const char*>(wr[0]), 4 * p.ldw, p.K, k0, k1);
+        for (int j = 0; j < NB; ++j)
+          for (int v = 0; v < MV; ++v) sum[j][v] += acc[j][v];
+        continue;
+      }
+    }
+#endif
+    for (int64_t k = k0; k < k1; ++k) {
+      if (k % 16 == 0) {  // one 64-byte line per row: fetch the line kPF elements on (the next tile's past K)
+        const int64_t a = k + kPF;
+        for (int j = 0; j < NB; ++j) __builtin_prefetch(a < p.K ? wr[j] + a : wr[j] + NB * p.ldw + (a - p.K), 0, 3);
+      }
+      vf xv[MV];
+      for (int v = 0; v < MV; ++v) xv[v] = vload(xb + (k * MV + v) * kW);
+      for (int j = 0; j < NB; ++j) {
+        const vf s = vbroadcast(wr[j] + k);
+        for (int v = 0; v < MV; ++v) acc[j][v] += xv[v] * s;
+      }
+    }
+    for (int j = 0; j < NB; ++j)
+      for (int v = 0; v < MV; ++v) sum[j][v] += acc[j][v];
+  }
+  const float* bias = static_cast<const float*>(p.bias);
+  float* y = static_cast<float*>(p.y);
+  const int nb = (int)std::min<int64_t>(NB, p.N - n0);
+  for (int j = 0; j < nb; ++j) {
+    const float b = bias ? bias[n0 + j] : 0.0f;
+    for (int v = 0; v < MV; ++v)
+      for (int l = 0; l < kW && v * kW + l < rows; ++l) y[(m0 + v * kW + l) * p.ldy + n0 + j] = sum[j][v][l] + b;
+  }
+}
+
+void run_f32(const LinearParams& p, int num_threads) {
+  thread_local std::vector<float> buf;  // the calling thread's; every OpenMP thread reads it
+  buf.resize(p.M * p.K + kMB * p.K);
+  float* xt = buf.data();
+  const int64_t n_tiles = (p.N + kNB - 1) / kNB;
+#pragma omp parallel num_threads(num_threads) if (p.M * p.N * p.K > 32768)
+  {
+#pragma omp for schedule(static)
+    for (int64_t k0 = 0; k0 < p.K; k0 += 64) transpose_x(p, xt, k0, std::min<int64_t>(p.K, k0 + 64));
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < n_tiles; ++t) {
+      const int64_t n0 = t * kNB;
+      for (int64_t m0 = 0; m0 < p.M; m0 += kMB) {
+        const int64_t rows = std::min<int64_t>(kMB, p.M - m0);
+        const float* xb = xt + m0 * p.K;
+        if (block_width(rows) == kMB) bcast_tile<2>(p, xb, m0, rows, n0);
+        else bcast_tile<1>(p, xb, m0, rows, n0);
+      }
+    }
+  }
+}
+
 template <typename T>
 void run(const LinearParams& p, int num_threads) {
   const int64_t n_tiles = (p.N + kRN - 1) / kRN;
@@ -155,7 +306,9 @@ void run(const LinearParams& p, int num_threads) {
 
 void linear(const LinearParams& p, int num_threads) {
   switch (p.dtype) {
-    case kFloat32: return run<float>(p, num_threads);
+    // fp32 with more than one vector of x rows: broadcast tiles; fewer rows (memory-bound: the weight
+    // stream sets the pace) waste half a vector there, and the dot-product tiles read the weight faster.
+    case kFloat32: return p.M > kW ? run_f32(p, num_threads) : run<float>(p, num_threads);
     case kBFloat16: return run<bf16_t>(p, num_threads);
     default: return run<f16_t>(p, num_threads);
   }

@@ -50,6 +50,14 @@ def rowwise_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
         return rowwise_linear_ref(x, weight, bias)
     if x.device.type != "cpu":
         raise ValueError(f"backend='cpu' needs CPU tensors; x is on {x.device}")
+    return rowwise_linear_checked(x, weight, bias)
+
+
+def rowwise_linear_checked(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """rowwise_linear's kernel path for arguments already checked: x (..., K), weight (N, K), bias (N,) or
+    None, one float dtype, all on CPU. The sampler's plain GEMMs call it directly: vLLM passes the same checked
+    layer weights at every call, where rowwise_linear's checks would cost about a third of a small GEMM."""
+    K = weight.shape[1]
     if K == 0 or weight.shape[0] == 0:
         return rowwise_linear_ref(x, weight, bias)
     weight = weight if weight.stride(1) == 1 else weight.contiguous()

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
 from grpo.ops._checks import FLOAT_DTYPES
-from grpo.ops.linear import rowwise_linear
+from grpo.ops.linear import rowwise_linear_checked
 
 
 def plain_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -26,31 +27,54 @@ def plain_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     weight again at every call, which only many rows (a prefill) amortize: on a 2-core AVX-512 EPYC the
     kernel was 2-3x faster than F.linear for M = 8..128; on a 2-core AVX-512 Xeon (a 100M model's layers)
     it was 1.7x faster at M = 8, equal at 32, and F.linear 1.2x faster at 64, 1.6x at 128, 2.5x at 1000."""
-    rows = x.numel() // max(x.shape[-1], 1)
-    if x.dtype == weight.dtype and (bias is None or bias.dtype == x.dtype) and not 0 < torch_rows <= rows:
-        return rowwise_linear(x, weight, bias, backend="cpu")
-    return F.linear(x, weight, bias)
+    # vLLM's weights are Parameter subclasses with a Python __torch_function__: every attribute read of one
+    # (shape, stride, data_ptr, ...) goes through it, ~24 us a call at this kernel's ~30 us for small M
+    with torch._C.DisableTorchFunctionSubclass():
+        K = weight.shape[-1] if weight.dim() == 2 else -1
+        rows = x.numel() // max(x.shape[-1], 1)
+        if (x.dtype == weight.dtype and x.dtype in FLOAT_DTYPES and (bias is None or bias.dtype == x.dtype)
+                and x.shape[-1] == K and x.device.type == "cpu" and not 0 < torch_rows <= rows):
+            return rowwise_linear_checked(x, weight, bias)
+        return F.linear(x, weight, bias)
 
 
-def _dispatch_plain(original, torch_rows: int):
+@torch.library.custom_op("grpo::plain_linear", mutates_args=())
+def plain_linear_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                    torch_rows: int) -> torch.Tensor:
+    """plain_linear as a torch operator, for engines vLLM compiles (enforce_eager=False): dynamo records it
+    as one opaque node, where it breaks the graph at a Python call it cannot trace (the kernel takes raw
+    pointers), which left a compiled 100M model no faster than eager. Eager engines call plain_linear
+    directly: the operator dispatch costs ~15-20 us a call."""
+    return plain_linear(x, weight, bias, torch_rows)
+
+
+@plain_linear_op.register_fake
+def _(x, weight, bias, torch_rows):
+    return x.new_empty(*x.shape[:-1], weight.shape[0])
+
+
+def _dispatch_plain(original, torch_rows: int, as_op: bool):
+    fn = plain_linear_op if as_op else plain_linear
+
     def dispatch(layer: torch.nn.Module, remove_weight: bool) -> None:
         w = getattr(layer, "weight", None)
         if not isinstance(w, torch.Tensor) or w.is_meta or w.dim() != 2 or w.dtype not in FLOAT_DTYPES:
             return original(layer, remove_weight)  # MoE / conv weights and missing layers: vLLM's own way
-        layer.cpu_linear = functools.partial(plain_linear, torch_rows=torch_rows)
+        layer.cpu_linear = functools.partial(fn, torch_rows=torch_rows)
     return dispatch
 
 
 @contextlib.contextmanager
-def plain_cpu_gemm(enabled: bool = True, torch_rows: int = 0):
+def plain_cpu_gemm(enabled: bool = True, torch_rows: int = 0, as_op: bool = False):
     """While active, vLLM's CPU GEMM dispatch keeps weights as loaded and uses `plain_linear` with
-    `torch_rows` (wrap the engine's construction and every reload in it); restores vLLM's dispatch on exit."""
+    `torch_rows` (as the operator `plain_linear_op` with as_op, for compiled engines; wrap the engine's
+    construction and every reload in it); restores vLLM's dispatch on exit."""
     if not enabled:
         yield
         return
     import vllm.model_executor.layers.utils as U
     original = U.dispatch_cpu_unquantized_gemm
-    U.dispatch_cpu_unquantized_gemm = _dispatch_plain(original, torch_rows)
+    U.dispatch_cpu_unquantized_gemm = _dispatch_plain(original, torch_rows, as_op)
     try:
         yield
     finally:

@@ -178,6 +178,7 @@ class VLLMSampler:
         if not isinstance(plain_torch_rows, int) or plain_torch_rows < 0:
             raise ValueError(f"plain_torch_rows: expected an int >= 0, got {plain_torch_rows!r}")
         self.plain_torch_rows = plain_torch_rows
+        self.compiled = not enforce_eager
         if weight_transfer == "auto":
             weight_transfer = "native" if self.on_gpu else "copy" if self.plain_gemm else "reload"
         if weight_transfer == "copy" and not self.plain_gemm:
@@ -211,7 +212,7 @@ class VLLMSampler:
 
     def _cpu_gemm(self):
         """The context every construction and load of vLLM's linear layers runs in (grpo/sampler/cpu_gemm.py)."""
-        return plain_cpu_gemm(self.plain_gemm, self.plain_torch_rows)
+        return plain_cpu_gemm(self.plain_gemm, self.plain_torch_rows, as_op=self.compiled)
 
     def _engine_kwargs(self, *, max_model_len, block_size, **kw) -> dict:
         """vllm.LLM arguments: processed logprobs, sleep mode on GPU, the in-process weight-transfer
