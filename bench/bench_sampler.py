@@ -2,7 +2,7 @@
 memcpy rate, for the tiny test model and a ~100M-parameter random Qwen2.
 
     python -m bench.bench_sampler [--quick] [--threads N] [--models tiny,100m] [--workload PxNxT] [--reps R]
-                                  [--cpu-gemm onednn,plain] [--prompt-words W] [--block-size B]
+                                  [--cpu-gemm onednn,plain,plain-compiled] [--prompt-words W] [--block-size B]
                                   [--wait-quiet S] [--out CSV]
 
 Generation: P prompts x n completions x max_tokens (written in each row's shape), temperature 1, logprobs
@@ -16,8 +16,9 @@ reuses an earlier call's prompt blocks; within a call, the n completions of a pr
 blocks (VLLMSampler's CPU block size is 32 unless --block-size says otherwise; the shape names it).
 
 Both run for each VLLMSampler `cpu_gemm` mode (--cpu-gemm): "onednn" (vLLM's packed GEMMs; providers
-`vllm`, `vllm:reload`, `vllm:native`) and "plain" (weights kept as loaded, grpo's row-streaming GEMM;
-providers `vllm-plain`, `vllm-plain:copy`), one engine at a time.
+`vllm`, `vllm:reload`, `vllm:native`), "plain" (weights kept as loaded, grpo's row-streaming GEMM;
+providers `vllm-plain`, `vllm-plain:copy`) and "plain-compiled" (plain in an engine vLLM compiles,
+enforce_eager=False; its start-up includes the compile), one engine at a time; the other modes run eager.
 
 Weight sync: `update_weights(model)` with the trainer-side model's full state dict (fp32), through each
 load path ("reload": model_runner.reload_weights, "native": vLLM's weight-transfer session, "copy": each
@@ -63,7 +64,8 @@ def prompts_for(P: int, words: int = 0) -> list[str]:
 
 
 # cpu_gemm mode -> (generation provider, weight-sync paths); "onednn" is vLLM's own packed GEMMs
-MODES = {"onednn": ("vllm", ("reload", "native")), "plain": ("vllm-plain", ("copy",))}
+MODES = {"onednn": ("vllm", ("reload", "native")), "plain": ("vllm-plain", ("copy",)),
+         "plain-compiled": ("vllm-plain-compiled", ("copy",))}
 
 
 def bench_generate(vs, ts, P, n, T, reps, vname="vllm", words=0):
@@ -138,7 +140,8 @@ def run_model(a, sink, name):
     rates, shares, nbytes, bucket = {}, {}, 0, 0
     for i, mode in enumerate(a.cpu_gemm):
         vname, paths = MODES[mode]
-        vs = VLLMSampler(folder, max_model_len=512, weight_transfer="native", threads=a.threads, cpu_gemm=mode,
+        vs = VLLMSampler(folder, max_model_len=512, weight_transfer="native", threads=a.threads,
+                         cpu_gemm=mode.split("-")[0], enforce_eager=not mode.endswith("-compiled"),
                          block_size=a.block_size)
         try:
             nbytes = sum(t.numel() * t.element_size() for k, t in ts.model.state_dict().items()
@@ -189,8 +192,9 @@ def parse_args(argv=None):
     p.add_argument("--workload", default=None, help="PxNxT: prompts x completions x max_tokens for every model "
                    "(default per model: tiny 16x8x64, 100m 8x4x32; quick 4x4x16, 2x2x8)")
     p.add_argument("--reps", type=int, default=None, help="timed rounds (default 3, quick 2)")
-    p.add_argument("--cpu-gemm", default="onednn,plain", help="comma-separated VLLMSampler cpu_gemm modes: "
-                   "onednn (vLLM's packed GEMMs), plain (weights as loaded, grpo's row-streaming kernel)")
+    p.add_argument("--cpu-gemm", default="onednn,plain,plain-compiled", help="comma-separated VLLMSampler "
+                   "cpu_gemm modes: onednn (vLLM's packed GEMMs), plain (weights as loaded, grpo's row-streaming "
+                   "kernel), plain-compiled (plain, engine compiled by vLLM: enforce_eager=False)")
     p.add_argument("--prompt-words", type=int, default=0, help="filler words after each prompt's question "
                    "(~6.5 tokens each), for workloads with longer prompts")
     p.add_argument("--block-size", type=int, default=None, help="VLLMSampler block_size (default: its own, "

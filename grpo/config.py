@@ -71,7 +71,7 @@ class SamplerConfig:
     # CPU GEMMs of vLLM: onednn (packed weights, re-packed at every sync) | plain (weights as loaded, synced by
     # an in-place copy; decode GEMMs ~1.4x slower): bench/README.md "Sampler" has the measured trade-off
     cpu_gemm: str = "onednn"
-    plain_torch_rows: int = 64        # plain mode: GEMMs of >= this many rows (prefills) use F.linear; 0: never
+    plain_torch_rows: int = 80        # plain mode: GEMMs of >= this many rows (prefills) use F.linear; 0: never
     sleep_between_rollouts: bool = True  # GPU: free the KV cache while training (no-op on CPU)
     sync_check_every: int = 0         # check_in_sync every K steps (0: never); raises above sync_tolerance
     sync_tolerance: float = 1e-3

@@ -1,8 +1,10 @@
 // y (M, N) = x (M, K) · w (N, K)ᵀ + bias on CPU, reading the weight in the row-major layout torch keeps
 // (no packed copy). For the few rows of a decode step (M = the sequences in flight) a GEMM is a stream over
-// the weight: each weight row is read once and dotted with every row of x, which stays in L1/L2. So an
-// in-place weight update is a plain copy into that tensor, with nothing to re-pack (vLLM's oneDNN path
-// keeps only a packed copy and re-creates it on every reload).
+// the weight, read once while x stays in L1/L2. So an in-place weight update is a plain copy into that
+// tensor, with nothing to re-pack (vLLM's oneDNN path keeps only a packed copy and re-creates it on every
+// reload). Two tilings: dot-product tiles (each weight row dotted with x rows; bf16/fp16, and fp32 up to one
+// vector of x rows, where the weight stream sets the pace) and, for fp32 past that, broadcast tiles (each
+// weight element times a vector of x rows, over x transposed once per call).
 #include <algorithm>
 #include <vector>
 
@@ -159,6 +161,8 @@ constexpr int kNB = kW == 16 ? 12 : 6;    // weight rows per tile: 2 kNB accumul
 // k-order chain over all of K (576) was 2.7x torch's fp64 error, past DESIGN.md's rule; chains of kKC keep
 // it near the lane-split sums of a dot product.
 constexpr int64_t kKC = 256;
+// Prefetch distance along a weight row, elements: 64 (4 lines) beat 128 and 256 on the 2-core Xeon (a 100M
+// model's decode-step GEMMs at M = 8 and 32, weights streamed from memory).
 constexpr int64_t kPF = 64;
 
 inline int64_t block_width(int64_t rows) { return std::min<int64_t>(kMB, (rows + kW - 1) / kW * kW); }
@@ -177,7 +181,7 @@ void transpose_x(const LinearParams& p, float* xt, int64_t k0, int64_t k1) {
 }
 
 #if defined(__AVX512F__)
-// kFour rows (b, b + s, b + 2s, b + t with t = 3s: one base register and two index registers) x two x vectors.
+// Four rows (b, b + s, b + 2s, b + t with t = 3s: one base register and two index registers) x two x vectors.
 // gcc gives each of a tile's 12 row pointers a register of its own and spills four of them, reloading them
 // at every k-step (12x2 tiles ran at ~110 GFLOP/s a core from L2 against ~150 for this asm); an asm block
 // names its 8 accumulators as operands, 16 of the 30 operands gcc allows (a "+" operand counts twice).

@@ -157,7 +157,7 @@ class VLLMSampler:
                  gpu_memory_utilization: float = 0.4, cpu_kv_cache_gib: float = 1, enforce_eager: bool = True,
                  seed: int = 0, enable_prefix_caching: bool = True, block_size: Optional[int] = None,
                  bucket_bytes: int = 256 << 20, weight_transfer: str = "auto", threads: Optional[int] = None,
-                 cache_root=None, chat_template: bool = True, cpu_gemm: str = "onednn", plain_torch_rows: int = 64,
+                 cache_root=None, chat_template: bool = True, cpu_gemm: str = "onednn", plain_torch_rows: int = 80,
                  **llm_kwargs):
         if weight_transfer not in ("auto", "native", "reload", "copy"):
             raise ValueError(f"weight_transfer: expected 'auto', 'native', 'reload' or 'copy', got {weight_transfer!r}")
