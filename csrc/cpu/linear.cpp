@@ -181,24 +181,32 @@ void transpose_x(const LinearParams& p, float* xt, int64_t k0, int64_t k1) {
 }
 
 #if defined(__AVX512F__)
-// Four rows (b, b + s, b + 2s, b + t with t = 3s: one base register and two index registers) x two x vectors.
-// gcc gives each of a tile's 12 row pointers a register of its own and spills four of them, reloading them
-// at every k-step (12x2 tiles ran at ~110 GFLOP/s a core from L2 against ~150 for this asm); an asm block
-// names its 8 accumulators as operands, 16 of the 30 operands gcc allows (a "+" operand counts twice).
-#define GRPO_ROW4(A)                                                                                       \
-  "vbroadcastss (%[b]), %%zmm29\n\tvfmadd231ps %[x0], %%zmm29, %0\n\tvfmadd231ps %[x1], %%zmm29, %1\n\t"     \
-  "vbroadcastss (%[b],%[s],1), %%zmm29\n\tvfmadd231ps %[x0], %%zmm29, %2\n\tvfmadd231ps %[x1], %%zmm29, %3\n\t" \
-  "vbroadcastss (%[b],%[s],2), %%zmm29\n\tvfmadd231ps %[x0], %%zmm29, %4\n\tvfmadd231ps %[x1], %%zmm29, %5\n\t" \
-  "vbroadcastss (%[b],%[t],1), %%zmm29\n\tvfmadd231ps %[x0], %%zmm29, %6\n\tvfmadd231ps %[x1], %%zmm29, %7\n\t" \
+// Four rows (b, b + s, b + 2s, b + t with t = 3s: one base register and two index registers) x one or two x
+// vectors. gcc gives each of a tile's 12 row pointers a register of its own and spills four of them,
+// reloading them at every k-step (12x2 tiles ran at ~110 GFLOP/s a core from L2 against ~150 for this
+// asm); an asm block names its accumulators as operands, at most 16 of the 30 operands gcc allows (a "+"
+// operand counts twice).
+#define GRPO_BCAST(ADDR) "vbroadcastss " ADDR ", %%zmm29\n\t"
+#define GRPO_FMA(X, ACC) "vfmadd231ps %[" X "], %%zmm29, %" ACC "\n\t"
+#define GRPO_ROWS4_X2(A)                                                                                      \
+  GRPO_BCAST("(%[b])") GRPO_FMA("x0", "0") GRPO_FMA("x1", "1")                                                 \
+  GRPO_BCAST("(%[b],%[s],1)") GRPO_FMA("x0", "2") GRPO_FMA("x1", "3")                                          \
+  GRPO_BCAST("(%[b],%[s],2)") GRPO_FMA("x0", "4") GRPO_FMA("x1", "5")                                          \
+  GRPO_BCAST("(%[b],%[t],1)") GRPO_FMA("x0", "6") GRPO_FMA("x1", "7")                                          \
   : "+v"(A[0][0]), "+v"(A[0][1]), "+v"(A[1][0]), "+v"(A[1][1]), "+v"(A[2][0]), "+v"(A[2][1]), "+v"(A[3][0]),  \
     "+v"(A[3][1])
+#define GRPO_ROWS4_X1(A)                                                                                      \
+  GRPO_BCAST("(%[b])") GRPO_FMA("x0", "0") GRPO_BCAST("(%[b],%[s],1)") GRPO_FMA("x0", "1")                     \
+  GRPO_BCAST("(%[b],%[s],2)") GRPO_FMA("x0", "2") GRPO_BCAST("(%[b],%[t],1)") GRPO_FMA("x0", "3")              \
+  : "+v"(A[0][0]), "+v"(A[1][0]), "+v"(A[2][0]), "+v"(A[3][0])
 
 // acc[j][v] += xb[k][v] * w[j][k] for k in [k0, k1): 12 weight rows at b0 + j s bytes (b0: row 0 at k = 0),
-// xb the block's (K, 32) transposed x. Every 64-byte line of a row, the line kPF elements on is prefetched
-// (past K: the same row of the next tile, which starts NB rows on).
-inline void steps_12x2(vf (&acc)[12][2], const float* xb, const char* b0, int64_t s, int64_t K, int64_t k0,
-                       int64_t k1) {
-  typedef vf Acc4[2];
+// xb the block's (K, 16 MV) transposed x. Every 64-byte line of a row, the line kPF elements on is
+// prefetched (past K: the same row of the next tile, which starts 12 rows on).
+template <int MV>
+inline void steps_12(vf (&acc)[12][MV], const float* xb, const char* b0, int64_t s, int64_t K, int64_t k0,
+                     int64_t k1) {
+  typedef vf Acc4[MV];
   const int64_t t = 3 * s;
   for (int64_t k = k0; k < k1; ++k) {
     const char* b = b0 + 4 * k;
@@ -206,16 +214,24 @@ inline void steps_12x2(vf (&acc)[12][2], const float* xb, const char* b0, int64_
       const char* q = k + kPF < K ? b + 4 * kPF : b0 + 12 * s + 4 * (k + kPF - K);
       for (int j = 0; j < 12; ++j) __builtin_prefetch(q + j * s, 0, 3);
     }
-    const vf x0 = vload(xb + 32 * k), x1 = vload(xb + 32 * k + 16);
+    const vf x0 = vload(xb + 16 * MV * k), x1 = MV == 2 ? vload(xb + 32 * k + 16) : x0;
     for (int g = 0; g < 3; ++g) {
       Acc4* a = reinterpret_cast<Acc4*>(&acc[4 * g]);
       const char* bg = b + 4 * g * s;
-      asm volatile(GRPO_ROW4(a) : [x0] "v"(x0), [x1] "v"(x1), [b] "r"(bg), [s] "r"(s), [t] "r"(t),
-                   "m"(*(const char(*)[])bg) : "xmm29");
+      if constexpr (MV == 2) {
+        asm volatile(GRPO_ROWS4_X2(a) : [x0] "v"(x0), [x1] "v"(x1), [b] "r"(bg), [s] "r"(s), [t] "r"(t),
+                     "m"(*(const char(*)[])bg) : "xmm29");
+      } else {
+        asm volatile(GRPO_ROWS4_X1(a) : [x0] "v"(x0), [b] "r"(bg), [s] "r"(s), [t] "r"(t),
+                     "m"(*(const char(*)[])bg) : "xmm29");
+      }
     }
   }
 }
-#undef GRPO_ROW4
+#undef GRPO_ROWS4_X1
+#undef GRPO_ROWS4_X2
+#undef GRPO_FMA
+#undef GRPO_BCAST
 #endif
 
 // One tile: MV x vectors (rows m0.., `rows` of them stored) against kNB weight rows (n0..; rows
@@ -234,9 +250,9 @@ inline void bcast_tile(const LinearParams& p, const float* xb, int64_t m0, int64
       for (int v = 0; v < MV; ++v) acc[j][v] = splat(0.0f);
     const int64_t k1 = std::min<int64_t>(p.K, k0 + kKC);
 #if defined(__AVX512F__)
-    if constexpr (MV == 2 && NB == 12) {
+    if constexpr (NB == 12) {
       if (n0 + NB <= p.N) {  // rows evenly spaced (no repeated last row)
-        steps_12x2(acc, xb, reinterpret_cast<const char*>(wr[0]), 4 * p.ldw, p.K, k0, k1);
+        steps_12<MV>(acc, xb, reinterpret_cast<const char*>(wr[0]), 4 * p.ldw, p.K, k0, k1);
         for (int j = 0; j < NB; ++j)
           for (int v = 0; v < MV; ++v) sum[j][v] += acc[j][v];
         continue;
