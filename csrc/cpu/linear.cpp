@@ -234,6 +234,25 @@ inline void steps_12(vf (&acc)[12][MV], const float* xb, const char* b0, int64_t
 #undef GRPO_BCAST
 #endif
 
+// steps_12 in C++, for any row pointers (the tail tile repeats row N - 1) and any ISA: acc[j][v] +=
+// xb[k][v] * wr[j][k] for k in [k0, k1), with the same prefetch.
+template <int MV>
+inline void steps_rows(vf (&acc)[kNB][MV], const float* xb, const float* const (&wr)[kNB],
+                       const LinearParams& p, int64_t k0, int64_t k1) {
+  for (int64_t k = k0; k < k1; ++k) {
+    if (k % 16 == 0) {  // one 64-byte line per row: fetch the line kPF elements on (the next tile's past K)
+      const int64_t a = k + kPF;
+      for (int j = 0; j < kNB; ++j) __builtin_prefetch(a < p.K ? wr[j] + a : wr[j] + kNB * p.ldw + (a - p.K), 0, 3);
+    }
+    vf xv[MV];
+    for (int v = 0; v < MV; ++v) xv[v] = vload(xb + (k * MV + v) * kW);
+    for (int j = 0; j < kNB; ++j) {
+      const vf s = vbroadcast(wr[j] + k);
+      for (int v = 0; v < MV; ++v) acc[j][v] += xv[v] * s;
+    }
+  }
+}
+
 // One tile: MV x vectors (rows m0.., `rows` of them stored) against kNB weight rows (n0..; rows
 // past N repeat row N - 1, unstored). Sums in k order, fp32, one rounding: bias added at the store.
 template <int MV>
@@ -250,27 +269,11 @@ inline void bcast_tile(const LinearParams& p, const float* xb, int64_t m0, int64
       for (int v = 0; v < MV; ++v) acc[j][v] = splat(0.0f);
     const int64_t k1 = std::min<int64_t>(p.K, k0 + kKC);
 #if defined(__AVX512F__)
-    if constexpr (NB == 12) {
-      if (n0 + NB <= p.N) {  // rows evenly spaced (no repeated last row)
-        steps_12<MV>(acc, xb, reinterpret_cast<const char*>(wr[0]), 4 * p.ldw, p.K, k0, k1);
-        for (int j = 0; j < NB; ++j)
-          for (int v = 0; v < MV; ++v) sum[j][v] += acc[j][v];
-        continue;
-      }
-    }
+    if (n0 + NB <= p.N)  // rows evenly spaced (no repeated last row)
+      steps_12<MV>(acc, xb, reinterpret_cast<const char*>(wr[0]), 4 * p.ldw, p.K, k0, k1);
+    else
 #endif
-    for (int64_t k = k0; k < k1; ++k) {
-      if (k % 16 == 0) {  // one 64-byte line per row: fetch the line kPF elements on (the next tile's past K)
-        const int64_t a = k + kPF;
-        for (int j = 0; j < NB; ++j) __builtin_prefetch(a < p.K ? wr[j] + a : wr[j] + NB * p.ldw + (a - p.K), 0, 3);
-      }
-      vf xv[MV];
-      for (int v = 0; v < MV; ++v) xv[v] = vload(xb + (k * MV + v) * kW);
-      for (int j = 0; j < NB; ++j) {
-        const vf s = vbroadcast(wr[j] + k);
-        for (int v = 0; v < MV; ++v) acc[j][v] += xv[v] * s;
-      }
-    }
+      steps_rows<MV>(acc, xb, wr, p, k0, k1);
     for (int j = 0; j < NB; ++j)
       for (int v = 0; v < MV; ++v) sum[j][v] += acc[j][v];
   }
