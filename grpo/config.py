@@ -69,7 +69,8 @@ class SamplerConfig:
     block_size: int = 0
     bucket_mb: int = 256              # weight-sync bucket size
     # CPU GEMMs of vLLM: onednn (packed weights, re-packed at every sync) | plain (weights as loaded, synced by
-    # an in-place copy; decode GEMMs ~1.4x slower): bench/README.md "Sampler" has the measured trade-off
+    # an in-place copy; on the default preset generation 3-10% slower, sync ~4x faster): bench/README.md
+    # "Sampler" has the measured trade-off
     cpu_gemm: str = "onednn"
     plain_torch_rows: int = 80        # plain mode: GEMMs of >= this many rows (prefills) use F.linear; 0: never
     sleep_between_rollouts: bool = True  # GPU: free the KV cache while training (no-op on CPU)
