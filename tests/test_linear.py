@@ -1,6 +1,7 @@
 """rowwise_linear (csrc/cpu/linear.cpp) against F.linear in fp64 under the numerics rule (DESIGN.md §5):
 odd shapes around the kernel's tiles (dot-product tiles of 6 or 4 weight rows x 4 or 2 x rows, 16 or 8
-lanes; fp32 broadcast tiles of 12 or 6 weight rows x 1-2 vectors of x rows past 16 / 8 rows), K tails,
+lanes; fp32 broadcast tiles of 12 or 6 weight rows x 2 vectors of x rows past 24 / 12 rows, with a last
+block of up to 24 / 12 rows on dot-product tiles), K tails,
 strided rows, bias or none, fp32 / bf16 / fp16, inf/NaN positions, bad input."""
 import pytest
 import torch
@@ -46,10 +47,12 @@ def test_strided_rows_and_batch_dims(seed, dtype):
     check(xt, w, None)
 
 
-@pytest.mark.parametrize("M", [17, 40, 70])
+@pytest.mark.parametrize("M", [17, 24, 25, 40, 56, 57, 70])
 def test_strided_weight_rows_broadcast_tiles(seed, M):
-    """fp32 with more than 16 rows of x: the broadcast tiles (AVX-512: weight rows addressed as base + j x
-    row stride), on full and tail tiles of 12 rows, a row stride other than K, a K past one 256-step chunk."""
+    """fp32 past 24 rows of x (AVX-512; 12 on AVX2): the broadcast tiles (AVX-512: weight rows addressed as
+    base + j x row stride), on full and tail tiles of 12 rows, a row stride other than K, a K past one
+    256-step chunk; a last block of 1-24 rows on dot-product tiles over the same weight rows (40, 56, 70),
+    or on a broadcast tile (25, 57); 17 and 24 on dot-product tiles only."""
     big_w = torch.randn(29, 300) / 17
     w = big_w[:, 7:290]  # row stride 300, K = 283
     x = torch.randn(M, 283)

@@ -2,14 +2,16 @@
 // (no packed copy). For the few rows of a decode step (M = the sequences in flight) a GEMM is a stream over
 // the weight, read once while x stays in L1/L2. So an in-place weight update is a plain copy into that
 // tensor, with nothing to re-pack (vLLM's oneDNN path keeps only a packed copy and re-creates it on every
-// reload). Two tilings: dot-product tiles (each weight row dotted with x rows; bf16/fp16, and fp32 up to one
-// vector of x rows, where the weight stream sets the pace) and, for fp32 past that, broadcast tiles (each
-// weight element times a vector of x rows, over x transposed once per call).
+// reload). Two tilings: dot-product tiles (each weight row dotted with x rows; bf16/fp16, and fp32 up to
+// kDotRows rows, where the weight stream sets the pace) and, for fp32 past that, broadcast tiles (each weight
+// element times two vectors of x rows, over x transposed once per call), with dot-product tiles for a short
+// last block of rows.
 #include <algorithm>
 #include <vector>
 
 #include "kernels.h"
 #include "row.h"
+
 
 namespace grpo {
 namespace cpu {
@@ -150,11 +152,12 @@ void tail(const LinearParams& p, int64_t m0, int64_t n0, NextRows& next) {
   }
 }
 
-// fp32: x is transposed once per call into xt, blocks of up to kMB rows: block b (rows m0 = kMB b ..) holds
-// (K, width) floats at xt + m0 K, width = its rows rounded up to kW (zero lanes past M). The weight is then
-// read as it is stored, each element once per row block, as a broadcast scalar against x vectors:
-// acc[j][v] (lanes = x rows) += xt[k][v] * w[n0 + j][k]. No horizontal sums, no weight packing, and each
-// k-step reads MV x vectors (128 B from L1/L2) where the dot-product tile re-reads kRM x rows.
+// fp32 past kDotRows rows: x is transposed once per call into xt, in blocks of kMB rows: block b (rows
+// m0 = kMB b ..) holds (K, kMB) floats at xt + m0 K (zero lanes past M). The weight is then read as it is
+// stored, each element once per row block, as a broadcast scalar against x vectors: acc[j][v] (lanes = x
+// rows) += xt[k][v] * w[n0 + j][k]. No horizontal sums, no weight packing, and each k-step reads two x
+// vectors (128 B from L1/L2) where the dot-product tile re-reads kRM x rows. A last block of at most
+// kDotRows rows runs dot-product tiles instead (dot_tiles).
 constexpr int kMB = 2 * kW;               // x rows per block (two vectors)
 constexpr int kNB = kW == 16 ? 12 : 6;    // weight rows per tile: 2 kNB accumulators (+ 2 x vectors)
 // Each output sums kKC products in a register chain, then adds that into its running sum (in memory): a
@@ -164,24 +167,30 @@ constexpr int64_t kKC = 256;
 // Prefetch distance along a weight row, elements: 64 (4 lines) beat 128 and 256 on the 2-core Xeon (a 100M
 // model's decode-step GEMMs at M = 8 and 32, weights streamed from memory).
 constexpr int64_t kPF = 64;
-
-inline int64_t block_width(int64_t rows) { return std::min<int64_t>(kMB, (rows + kW - 1) / kW * kW); }
+// A call, or the last block of a call, with at most this many rows of x runs dot-product tiles: a
+// broadcast tile costs the FMAs of a whole block however few of its rows are stored, a dot-product tile
+// those of its rows. On a 2-core Zen 4 (a 100M model's decode-step GEMMs, weights streamed from memory)
+// the two tilings ran alike at 32 rows, dot-product tiles took 24.6 ms at 20 rows against 38 ms, and
+// M = 36 went from 55.5 to 40.1 ms; on a 2-core AVX-512 Xeon broadcast tiles were 1.15x faster at 32.
+constexpr int64_t kDotRows = 3 * kMB / 4;
+static_assert(kDotRows >= kMB - kW, "a broadcast block must fill both of its x vectors' worth of rows");
 
 void transpose_x(const LinearParams& p, float* xt, int64_t k0, int64_t k1) {
   const float* x = static_cast<const float*>(p.x);
   for (int64_t m0 = 0; m0 < p.M; m0 += kMB) {
-    const int64_t rows = std::min<int64_t>(kMB, p.M - m0), width = block_width(rows);
+    const int64_t rows = std::min<int64_t>(kMB, p.M - m0);
+    if (rows <= kDotRows) break;  // the last block, read as stored by dot_tiles
     float* blk = xt + m0 * p.K;
     for (int64_t k = k0; k < k1; ++k) {
-      float* o = blk + k * width;
+      float* o = blk + k * kMB;
       for (int64_t i = 0; i < rows; ++i) o[i] = x[(m0 + i) * p.ldx + k];
-      for (int64_t i = rows; i < width; ++i) o[i] = 0.0f;
+      for (int64_t i = rows; i < kMB; ++i) o[i] = 0.0f;
     }
   }
 }
 
 #if defined(__AVX512F__)
-// Four rows (b, b + s, b + 2s, b + t with t = 3s: one base register and two index registers) x one or two x
+// Four rows (b, b + s, b + 2s, b + t with t = 3s: one base register and two index registers) x two x
 // vectors. gcc gives each of a tile's 12 row pointers a register of its own and spills four of them,
 // reloading them at every k-step (12x2 tiles ran at ~110 GFLOP/s a core from L2 against ~150 for this
 // asm); an asm block names its accumulators as operands, at most 16 of the 30 operands gcc allows (a "+"
@@ -195,18 +204,13 @@ void transpose_x(const LinearParams& p, float* xt, int64_t k0, int64_t k1) {
   GRPO_BCAST("(%[b],%[t],1)") GRPO_FMA("x0", "6") GRPO_FMA("x1", "7")                                          \
   : "+v"(A[0][0]), "+v"(A[0][1]), "+v"(A[1][0]), "+v"(A[1][1]), "+v"(A[2][0]), "+v"(A[2][1]), "+v"(A[3][0]),  \
     "+v"(A[3][1])
-#define GRPO_ROWS4_X1(A)                                                                                      \
-  GRPO_BCAST("(%[b])") GRPO_FMA("x0", "0") GRPO_BCAST("(%[b],%[s],1)") GRPO_FMA("x0", "1")                     \
-  GRPO_BCAST("(%[b],%[s],2)") GRPO_FMA("x0", "2") GRPO_BCAST("(%[b],%[t],1)") GRPO_FMA("x0", "3")              \
-  : "+v"(A[0][0]), "+v"(A[1][0]), "+v"(A[2][0]), "+v"(A[3][0])
 
 // acc[j][v] += xb[k][v] * w[j][k] for k in [k0, k1): 12 weight rows at b0 + j s bytes (b0: row 0 at k = 0),
-// xb the block's (K, 16 MV) transposed x. Every 64-byte line of a row, the line kPF elements on is
-// prefetched (past K: the same row of the next tile, which starts 12 rows on).
-template <int MV>
-inline void steps_12(vf (&acc)[12][MV], const float* xb, const char* b0, int64_t s, int64_t K, int64_t k0,
+// xb the block's (K, 32) transposed x. Every 64-byte line of a row, the line kPF elements on is prefetched
+// (past K: the same row of the next tile, which starts 12 rows on).
+inline void steps_12(vf (&acc)[12][2], const float* xb, const char* b0, int64_t s, int64_t K, int64_t k0,
                      int64_t k1) {
-  typedef vf Acc4[MV];
+  typedef vf Acc4[2];
   const int64_t t = 3 * s;
   for (int64_t k = k0; k < k1; ++k) {
     const char* b = b0 + 4 * k;
@@ -214,21 +218,15 @@ inline void steps_12(vf (&acc)[12][MV], const float* xb, const char* b0, int64_t
       const char* q = k + kPF < K ? b + 4 * kPF : b0 + 12 * s + 4 * (k + kPF - K);
       for (int j = 0; j < 12; ++j) __builtin_prefetch(q + j * s, 0, 3);
     }
-    const vf x0 = vload(xb + 16 * MV * k), x1 = MV == 2 ? vload(xb + 32 * k + 16) : x0;
+    const vf x0 = vload(xb + 32 * k), x1 = vload(xb + 32 * k + 16);
     for (int g = 0; g < 3; ++g) {
       Acc4* a = reinterpret_cast<Acc4*>(&acc[4 * g]);
       const char* bg = b + 4 * g * s;
-      if constexpr (MV == 2) {
-        asm volatile(GRPO_ROWS4_X2(a) : [x0] "v"(x0), [x1] "v"(x1), [b] "r"(bg), [s] "r"(s), [t] "r"(t),
-                     "m"(*(const char(*)[])bg) : "xmm29");
-      } else {
-        asm volatile(GRPO_ROWS4_X1(a) : [x0] "v"(x0), [b] "r"(bg), [s] "r"(s), [t] "r"(t),
-                     "m"(*(const char(*)[])bg) : "xmm29");
-      }
+      asm volatile(GRPO_ROWS4_X2(a) : [x0] "v"(x0), [x1] "v"(x1), [b] "r"(bg), [s] "r"(s), [t] "r"(t),
+                   "m"(*(const char(*)[])bg) : "xmm29");
     }
   }
 }
-#undef GRPO_ROWS4_X1
 #undef GRPO_ROWS4_X2
 #undef GRPO_FMA
 #undef GRPO_BCAST
@@ -236,54 +234,64 @@ inline void steps_12(vf (&acc)[12][MV], const float* xb, const char* b0, int64_t
 
 // steps_12 in C++, for any row pointers (the tail tile repeats row N - 1) and any ISA: acc[j][v] +=
 // xb[k][v] * wr[j][k] for k in [k0, k1), with the same prefetch.
-template <int MV>
-inline void steps_rows(vf (&acc)[kNB][MV], const float* xb, const float* const (&wr)[kNB],
-                       const LinearParams& p, int64_t k0, int64_t k1) {
+inline void steps_rows(vf (&acc)[kNB][2], const float* xb, const float* const (&wr)[kNB], const LinearParams& p,
+                       int64_t k0, int64_t k1) {
   for (int64_t k = k0; k < k1; ++k) {
     if (k % 16 == 0) {  // one 64-byte line per row: fetch the line kPF elements on (the next tile's past K)
       const int64_t a = k + kPF;
       for (int j = 0; j < kNB; ++j) __builtin_prefetch(a < p.K ? wr[j] + a : wr[j] + kNB * p.ldw + (a - p.K), 0, 3);
     }
-    vf xv[MV];
-    for (int v = 0; v < MV; ++v) xv[v] = vload(xb + (k * MV + v) * kW);
+    const vf x0 = vload(xb + k * kMB), x1 = vload(xb + k * kMB + kW);
     for (int j = 0; j < kNB; ++j) {
       const vf s = vbroadcast(wr[j] + k);
-      for (int v = 0; v < MV; ++v) acc[j][v] += xv[v] * s;
+      acc[j][0] += x0 * s;
+      acc[j][1] += x1 * s;
     }
   }
 }
 
-// One tile: MV x vectors (rows m0.., `rows` of them stored) against kNB weight rows (n0..; rows
-// past N repeat row N - 1, unstored). Sums in k order, fp32, one rounding: bias added at the store.
-template <int MV>
+// One tile: the block's kMB x rows (m0.., `rows` of them stored) against kNB weight rows (n0..; rows past
+// N repeat row N - 1, unstored). Sums in k order, fp32, one rounding: bias added at the store.
 inline void bcast_tile(const LinearParams& p, const float* xb, int64_t m0, int64_t rows, int64_t n0) {
   constexpr int NB = kNB;
   const float* w = static_cast<const float*>(p.w);
   const float* wr[NB];
   for (int j = 0; j < NB; ++j) wr[j] = w + std::min<int64_t>(n0 + j, p.N - 1) * p.ldw;
-  vf sum[NB][MV], acc[NB][MV];
-  for (int j = 0; j < NB; ++j)
-    for (int v = 0; v < MV; ++v) sum[j][v] = splat(0.0f);
+  vf sum[NB][2], acc[NB][2];
+  for (int j = 0; j < NB; ++j) sum[j][0] = sum[j][1] = splat(0.0f);
   for (int64_t k0 = 0; k0 < p.K; k0 += kKC) {
-    for (int j = 0; j < NB; ++j)
-      for (int v = 0; v < MV; ++v) acc[j][v] = splat(0.0f);
+    for (int j = 0; j < NB; ++j) acc[j][0] = acc[j][1] = splat(0.0f);
     const int64_t k1 = std::min<int64_t>(p.K, k0 + kKC);
 #if defined(__AVX512F__)
     if (n0 + NB <= p.N)  // rows evenly spaced (no repeated last row)
-      steps_12<MV>(acc, xb, reinterpret_cast<const char*>(wr[0]), 4 * p.ldw, p.K, k0, k1);
+      steps_12(acc, xb, reinterpret_cast<const char*>(wr[0]), 4 * p.ldw, p.K, k0, k1);
     else
 #endif
-      steps_rows<MV>(acc, xb, wr, p, k0, k1);
-    for (int j = 0; j < NB; ++j)
-      for (int v = 0; v < MV; ++v) sum[j][v] += acc[j][v];
+      steps_rows(acc, xb, wr, p, k0, k1);
+    for (int j = 0; j < NB; ++j) {
+      sum[j][0] += acc[j][0];
+      sum[j][1] += acc[j][1];
+    }
   }
   const float* bias = static_cast<const float*>(p.bias);
   float* y = static_cast<float*>(p.y);
   const int nb = (int)std::min<int64_t>(NB, p.N - n0);
   for (int j = 0; j < nb; ++j) {
     const float b = bias ? bias[n0 + j] : 0.0f;
-    for (int v = 0; v < MV; ++v)
-      for (int l = 0; l < kW && v * kW + l < rows; ++l) y[(m0 + v * kW + l) * p.ldy + n0 + j] = sum[j][v][l] + b;
+    for (int i = 0; i < rows; ++i) y[(m0 + i) * p.ldy + n0 + j] = sum[j][i / kW][i % kW] + b;
+  }
+}
+
+// The last block's rows (m0.., at most kDotRows) against the tile's kNB weight rows, which the broadcast
+// tiles of the blocks before it just read (in L1/L2): dot-product tiles, whose vectors run along K.
+void dot_tiles(const LinearParams& p, int64_t m0, int64_t n0) {
+  LinearParams q = p;
+  q.N = std::min<int64_t>(p.N, n0 + kNB);  // stop at this tile's rows: the next tile is another thread's
+  NextRows none;  // prefetching the next tile's rows here measured no faster (Zen 4, M = 36)
+  const int64_t m_full = p.M - (p.M - m0) % kRM;
+  for (int64_t n = n0; n < q.N; n += kRN) {
+    for (int64_t m = m0; m < m_full; m += kRM) tile<float, kRM>(q, m, n, none);
+    if (m_full < p.M) tail<float, kRM - 1>(q, m_full, n, none);
   }
 }
 
@@ -301,9 +309,8 @@ void run_f32(const LinearParams& p, int num_threads) {
       const int64_t n0 = t * kNB;
       for (int64_t m0 = 0; m0 < p.M; m0 += kMB) {
         const int64_t rows = std::min<int64_t>(kMB, p.M - m0);
-        const float* xb = xt + m0 * p.K;
-        if (block_width(rows) == kMB) bcast_tile<2>(p, xb, m0, rows, n0);
-        else bcast_tile<1>(p, xb, m0, rows, n0);
+        if (rows <= kDotRows) dot_tiles(p, m0, n0);
+        else bcast_tile(p, xt + m0 * p.K, m0, rows, n0);
       }
     }
   }
@@ -329,9 +336,9 @@ void run(const LinearParams& p, int num_threads) {
 
 void linear(const LinearParams& p, int num_threads) {
   switch (p.dtype) {
-    // fp32 with more than one vector of x rows: broadcast tiles; fewer rows (memory-bound: the weight
-    // stream sets the pace) waste half a vector there, and the dot-product tiles read the weight faster.
-    case kFloat32: return p.M > kW ? run_f32(p, num_threads) : run<float>(p, num_threads);
+    // fp32 past kDotRows rows of x: broadcast tiles; fewer rows would leave lanes of a broadcast tile's
+    // x vectors empty, and there the weight stream sets the pace, which the dot-product tiles keep up with.
+    case kFloat32: return p.M > kDotRows ? run_f32(p, num_threads) : run<float>(p, num_threads);
     case kBFloat16: return run<bf16_t>(p, num_threads);
     default: return run<f16_t>(p, num_threads);
   }
