@@ -2,7 +2,8 @@
 memcpy rate, for the tiny test model and a ~100M-parameter random Qwen2.
 
     python -m bench.bench_sampler [--quick] [--threads N] [--models tiny,100m] [--workload PxNxT] [--reps R]
-                                  [--cpu-gemm onednn,plain,plain-compiled] [--prompt-words W] [--block-size B]
+                                  [--cpu-gemm onednn,plain,plain-compiled,onednn-compiled] [--prompt-words W]
+                                  [--block-size B]
                                   [--wait-quiet S] [--out CSV]
 
 Generation: P prompts x n completions x max_tokens (written in each row's shape), temperature 1, logprobs
@@ -17,15 +18,17 @@ blocks (VLLMSampler's CPU block size is 32 unless --block-size says otherwise; t
 
 Both run for each VLLMSampler `cpu_gemm` mode (--cpu-gemm): "onednn" (vLLM's packed GEMMs; providers
 `vllm`, `vllm:reload`, `vllm:native`), "plain" (weights kept as loaded, grpo's row-streaming GEMM;
-providers `vllm-plain`, `vllm-plain:copy`) and "plain-compiled" (plain in an engine vLLM compiles,
-enforce_eager=False; its start-up includes the compile), one engine at a time; the other modes run eager.
+providers `vllm-plain`, `vllm-plain:copy`), "plain-compiled" (plain in an engine vLLM compiles,
+enforce_eager=False; its start-up includes the compile) and, when asked for, "onednn-compiled" (providers
+`vllm-compiled`, ...), one engine at a time; the other modes run eager.
 
 Weight sync: `update_weights(model)` with the trainer-side model's full state dict (fp32), through each
 load path ("reload": model_runner.reload_weights, "native": vLLM's weight-transfer session, "copy": each
 parameter's vLLM weight_loader copying in place, plain mode only), and
-TorchSampler's plain copy_ as the copy-only reference. Rates count the payload once (bytes / s); the memcpy
-row is the measured copy rate `dst.copy_(src)` (common.copy_bandwidth, which counts read + write) halved,
-i.e. the rate at which a plain copy moves a payload, so "vs_memcpy" = sync rate / memcpy payload rate.
+TorchSampler's plain copy_ as the copy-only reference. Rates count the payload once (bytes / s). Every
+sync round ends with one `dst.copy_(src)` of a buffer the payload's size (the "memcpy" row: the rate at
+which a plain copy moves that payload, p20-p80 over all rounds), and "vs_memcpy" is the per-round ratio
+sync rate / that round's memcpy rate: the bandwidth of these shared machines drifts within a run.
 On CPU vLLM's linear layers keep only a oneDNN-packed copy of their weights, so every reload re-packs
 them; the "repack_share" row is the share of the sync spent in that repacking
 (vllm.model_executor.layers.utils.dispatch_cpu_unquantized_gemm, timed by wrapping it).
@@ -65,7 +68,8 @@ def prompts_for(P: int, words: int = 0) -> list[str]:
 
 # cpu_gemm mode -> (generation provider, weight-sync paths); "onednn" is vLLM's own packed GEMMs
 MODES = {"onednn": ("vllm", ("reload", "native")), "plain": ("vllm-plain", ("copy",)),
-         "plain-compiled": ("vllm-plain-compiled", ("copy",))}
+         "plain-compiled": ("vllm-plain-compiled", ("copy",)),
+         "onednn-compiled": ("vllm-compiled", ("reload", "native"))}
 
 
 def bench_generate(vs, ts, P, n, T, reps, vname="vllm", words=0):
@@ -105,11 +109,17 @@ class RepackTimer:
         self.mod.dispatch_cpu_unquantized_gemm = self.orig
 
 
-def bench_sync(vs, ts, reps, paths=("reload", "native"), prefix="vllm", with_torch=True):
-    """{provider: [payload GB/s per call]} and {provider: [repack share per call]}. The source is a
-    separate copy of the model (the trainer's), so TorchSampler's copy_ really copies."""
+def bench_sync(vs, ts, reps, paths=("reload", "native"), prefix="vllm", with_torch=True, nbytes=0):
+    """{provider: [payload GB/s per call]} (with "memcpy": `dst.copy_(src)` of nbytes, timed in every round
+    right after the syncs, as a payload rate) and {provider: [repack share per call]}. The source is a
+    separate copy of the model (the trainer's), so TorchSampler's copy_ really copies. The memory bandwidth
+    of these shared machines drifts (a payload memcpy measured 14 and 23 GB/s an hour apart on one host), so
+    each sync is compared with the memcpy of its own round."""
     import copy
+    import torch
     trainer = copy.deepcopy(ts.model)
+    src = torch.ones(max(nbytes, 64 << 20) // 4)
+    dst = torch.zeros_like(src)
     rates, shares = {}, {}
     timer = RepackTimer() if not vs.on_gpu and not vs.plain_gemm else None
     try:
@@ -124,6 +134,9 @@ def bench_sync(vs, ts, reps, paths=("reload", "native"), prefix="vllm", with_tor
             if with_torch:
                 st = ts.update_weights(trainer)
                 rates.setdefault("torch:copy", []).append(st["gbps"])
+            t0 = time.perf_counter()
+            dst.copy_(src)
+            rates.setdefault("memcpy", []).append(src.numel() * 4 / (time.perf_counter() - t0) / 1e9)
     finally:
         if timer:
             timer.close()
@@ -137,7 +150,7 @@ def run_model(a, sink, name):
     ts = TorchSampler(folder, max_model_len=512)
     params = sum(p.numel() for p in ts.model.parameters())
     label = f"model={name}({params / 1e6:.1f}M params)"
-    rates, shares, nbytes, bucket = {}, {}, 0, 0
+    rates, ratios, shares, mem_rounds, nbytes, bucket = {}, {}, {}, [], 0, 0
     for i, mode in enumerate(a.cpu_gemm):
         vname, paths = MODES[mode]
         vs = VLLMSampler(folder, max_model_len=512, weight_transfer="native", threads=a.threads,
@@ -162,21 +175,24 @@ def run_model(a, sink, name):
             sp = common.paired_ratios(tps[vname], tps["torch"])
             sink.add("generate", f"{vname}/torch", "ratio", "float32", shape, "speedup", "x", *sp)
             print(f"generate {vname} / torch: {sp[1]:.2f}x (target >= 3x)")
-            r, sh = bench_sync(vs, ts, a.reps, paths, vname, with_torch=i == 0)
-            rates.update(r)
+            r, sh = bench_sync(vs, ts, a.reps, paths, vname, with_torch=i == 0, nbytes=nbytes)
+            mem = r.pop("memcpy")
+            mem_rounds += mem
+            for k, v in r.items():
+                rates[k], ratios[k] = v, [x / m for x, m in zip(v, mem)]
             shares.update(sh)
         finally:
             vs.close()
-    mem = [x / 2 for x in common.copy_bandwidth("cpu", nbytes=max(nbytes, 64 << 20))]  # payload rate
+    mem = common.quantiles(mem_rounds)
     shape = f"{label},bytes={nbytes},bucket_bytes={bucket}"
     sink.add("weight_sync", "memcpy", "torch", "float32", shape, "payload_bandwidth", "GB/s", *mem)
-    print(f"memcpy payload rate: {mem[1]:.2f} GB/s")
+    print(f"memcpy payload rate: {mem[1]:.2f} GB/s (p20 {mem[0]:.2f}, p80 {mem[2]:.2f}; one per sync round)")
     for prov, xs in rates.items():
         q, backend = common.quantiles(xs), "vllm-cpu" if prov.startswith("vllm") else "torch"
+        qr = common.quantiles(ratios[prov])
         sink.add("weight_sync", prov, backend, "float32", shape, "payload_bandwidth", "GB/s", *q)
-        sink.add("weight_sync", prov, backend, "float32", shape, "vs_memcpy", "ratio",
-                 q[0] / mem[1], q[1] / mem[1], q[2] / mem[1])
-        line = f"weight_sync {prov:16s}: {q[1]:7.3f} GB/s = {100 * q[1] / mem[1]:5.1f}% of memcpy (target >= 50%)"
+        sink.add("weight_sync", prov, backend, "float32", shape, "vs_memcpy", "ratio", *qr)
+        line = f"weight_sync {prov:16s}: {q[1]:7.3f} GB/s = {100 * qr[1]:5.1f}% of its round's memcpy (target >= 50%)"
         if prov in shares:
             s = common.quantiles(shares[prov])
             sink.add("weight_sync", prov, "vllm-cpu", "float32", shape, "repack_share", "fraction", *s)
@@ -194,7 +210,8 @@ def parse_args(argv=None):
     p.add_argument("--reps", type=int, default=None, help="timed rounds (default 3, quick 2)")
     p.add_argument("--cpu-gemm", default="onednn,plain,plain-compiled", help="comma-separated VLLMSampler "
                    "cpu_gemm modes: onednn (vLLM's packed GEMMs), plain (weights as loaded, grpo's row-streaming "
-                   "kernel), plain-compiled (plain, engine compiled by vLLM: enforce_eager=False)")
+                   "kernel), plain-compiled (plain, engine compiled by vLLM: enforce_eager=False), "
+                   "onednn-compiled (onednn in a compiled engine; not in the default list)")
     p.add_argument("--prompt-words", type=int, default=0, help="filler words after each prompt's question "
                    "(~6.5 tokens each), for workloads with longer prompts")
     p.add_argument("--block-size", type=int, default=None, help="VLLMSampler block_size (default: its own, "
