@@ -11,7 +11,8 @@ on; the providers alternate within every round (vllm, torch, vllm, torch, ...) a
 tokens/s = completion tokens of the call / its wall time; the speedup row is the per-round ratio.
 The random models rarely sample EOS, so nearly every completion is max_tokens long. Prompts are
 "What is a + b?" (28 tokens with the chat template), followed by W filler words with --prompt-words W
-(~6.5 tokens each: W = 15 gives ~125-token prompts); the row's shape gives the mean prompt length.
+(5 tokens each with the bench models' tokenizer: W = 10 gives 78-token prompts, about the main job's 81
+with SmolLM2's tokenizer and the R1 system prompt; 15 gives 103); the row's shape gives the mean length.
 vLLM's prefix cache is reset before every call (untimed), as a weight sync does in training, so no call
 reuses an earlier call's prompt blocks; within a call, the n completions of a prompt share its full KV
 blocks (VLLMSampler's CPU block size is 32 unless --block-size says otherwise; the shape names it).
@@ -213,7 +214,7 @@ def parse_args(argv=None):
                    "kernel), plain-compiled (plain, engine compiled by vLLM: enforce_eager=False), "
                    "onednn-compiled (onednn in a compiled engine; not in the default list)")
     p.add_argument("--prompt-words", type=int, default=0, help="filler words after each prompt's question "
-                   "(~6.5 tokens each), for workloads with longer prompts")
+                   "(5 tokens each), for workloads with longer prompts")
     p.add_argument("--block-size", type=int, default=None, help="VLLMSampler block_size (default: its own, "
                    "32 on CPU)")
     p.add_argument("--wait-quiet", type=float, default=0, help="wait up to this many seconds for other "

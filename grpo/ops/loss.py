@@ -253,19 +253,23 @@ _loss_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 class _InplaceLoss(torch.autograd.Function):
-    """grpo_loss(..., inplace=True): the forward writes dlogits (for an upstream gradient of 1) over the
-    logits' own storage while each row is in cache (one read of the logits, one write, as the
-    forward-written path of _loss_op) and allocates no [N, V] buffer: no memory for it, and on the CPU no
-    page faults and zeroing of fresh pages, which cost as much as the kernel itself for a 260 MB gradient.
-    The backward hands that storage to autograd as the logits' gradient, scaled in place when the
-    upstream gradient is not 1 (one more rounding in bf16/fp16). The logits' version counter is bumped, so
-    another autograd node that saved the logits raises instead of reading the gradient."""
+    """grpo_loss(..., inplace=True): the forward reads the logits once for the loss and each row's stats; the
+    backward writes dlogits for the upstream gradient it is given over the logits' own storage (one read,
+    one write) and hands that storage to autograd as their gradient. No [N, V] buffer is allocated: no
+    memory for it, and on the CPU no page faults and zeroing of fresh pages, which cost as much as the
+    kernel itself for a 260 MB gradient. The gradient is computed in fp32 with the upstream factor and
+    rounded once: a forward that wrote it for an upstream gradient of 1 and scaled it at backward rounded
+    twice in bf16/fp16, up to one unit in the last place, past the numerics rule for about 1 upstream
+    factor in 100. The logits' version counter is bumped in the forward, so an autograd node that saved
+    the logits before this call raises at backward instead of reading the gradient."""
 
     @staticmethod
     def forward(ctx, logits, targets, mask, coef, adv, old, ref, samp, config, backend):
-        loss, logp, ent, _, _ = _run_loss(logits, targets, mask, coef, adv, old, ref, samp, config, logits, backend)
+        loss, logp, ent, stats, g = _run_loss(logits, targets, mask, coef, adv, old, ref, samp, config, None,
+                                              backend)
         torch.autograd.graph.increment_version(logits)
-        ctx.save_for_backward(logits)
+        ctx.save_for_backward(logits, targets, stats, g)
+        ctx.temperature, ctx.backend = config.temperature, backend
         ctx.mark_non_differentiable(logp, ent)
         return loss, logp, ent
 
@@ -275,10 +279,12 @@ class _InplaceLoss(torch.autograd.Function):
             raise RuntimeError("grpo_loss(inplace=True): backward ran twice through the same graph; the gradient "
                                "was already written over the logits (call grpo_loss again instead)")
         ctx.consumed = True
-        (dlogits,) = ctx.saved_tensors
-        dlogits = dlogits.detach()  # the same storage, without the logits' autograd history
-        if not bool((g_loss == 1.0).all()):
-            dlogits.mul_(g_loss.to(dlogits.dtype))
+        logits, targets, stats, g = ctx.saved_tensors
+        dlogits = logits.detach()  # the same storage, without the logits' autograd history
+        V = dlogits.shape[-1]
+        rows = dlogits.view(-1, V)
+        launch_softmax_grad(rows, targets.reshape(-1), stats, None, g * g_loss, None, ctx.temperature, out=rows,
+                            backend=ctx.backend)
         return (dlogits,) + (None,) * 9
 
 
@@ -337,11 +343,10 @@ def grpo_loss(logits, targets, mask, advantages, *, old_logp=None, ref_logp=None
     detached). num_tokens / num_sequences: global counts for gradient accumulation. Returns
     LossOutput(loss () float32 differentiable in logits, metrics dict of detached () tensors).
 
-    inplace=True (kernel backends, eager mode, logits that need a gradient): the forward overwrites the
-    logits with their gradient and no [N, V] buffer is allocated; the logits' values are gone after the
-    call and `loss.backward()` returns that storage as their gradient. Use it when nothing else reads the
-    logits (e.g. they come straight from the lm_head matmul); an autograd node that saved them raises at
-    backward. Under torch.compile, without a gradient, or on backend="torch" it is the usual path.
+    inplace=True (kernel backends, eager mode, logits that need a gradient): `loss.backward()` overwrites
+    the logits with their gradient and returns that storage as the gradient; no [N, V] buffer is
+    allocated. Use it when nothing else reads the logits after the backward (e.g. they come straight from
+    the lm_head matmul); an autograd node that saved them before this call raises at backward. Under torch.compile, without a gradient, or on backend="torch" it is the usual path.
     """
     dtypes = _checks.FLOAT_DTYPES + ((torch.float64,) if backend == "torch" else ())
     _check_loss_inputs(logits, targets, mask, advantages, old_logp, ref_logp, sampling_logp, config, dtypes)
