@@ -259,8 +259,8 @@ class _InplaceLoss(torch.autograd.Function):
     memory for it, and on the CPU no page faults and zeroing of fresh pages, which cost as much as the
     kernel itself for a 260 MB gradient. The gradient is computed in fp32 with the upstream factor and
     rounded once: a forward that wrote it for an upstream gradient of 1 and scaled it at backward rounded
-    twice in bf16/fp16, up to one unit in the last place, past the numerics rule for about 1 upstream
-    factor in 100. The logits' version counter is bumped in the forward, so an autograd node that saved
+    twice in bf16/fp16, up to one unit in the last place, past the numerics rule for 3 of 1000 random test
+    draws. The logits' version counter is bumped in the forward, so an autograd node that saved
     the logits before this call raises at backward instead of reading the gradient."""
 
     @staticmethod
