@@ -161,9 +161,11 @@ void tail(const LinearParams& p, int64_t m0, int64_t n0, NextRows& next) {
 constexpr int kMB = 2 * kW;               // x rows per block (two vectors)
 constexpr int kNB = kW == 16 ? 12 : 6;    // weight rows per tile: 2 kNB accumulators (+ 2 x vectors)
 // Each output sums kKC products in a register chain, then adds that into its running sum (in memory): a
-// k-order chain over all of K (576) was 2.7x torch's fp64 error, past DESIGN.md's rule; chains of kKC keep
-// it near the lane-split sums of a dot product.
-constexpr int64_t kKC = 256;
+// k-order chain over all of K (576) was 2.7x torch's fp64 error, past DESIGN.md's rule; chains of 256
+// still failed it for 6 of 2100 random cases (K = 129 in one chain, N = 7: few outputs, so torch's largest
+// error is small); chains of 64 failed none, at ~3% of the time of a 100M model's step at M = 32 and 64
+// (2-core Zen 4).
+constexpr int64_t kKC = 64;
 // Prefetch distance along a weight row, elements: 64 (4 lines) beat 128 and 256 on the 2-core Xeon (a 100M
 // model's decode-step GEMMs at M = 8 and 32, weights streamed from memory).
 constexpr int64_t kPF = 64;
