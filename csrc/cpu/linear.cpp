@@ -172,8 +172,8 @@ constexpr int64_t kPF = 64;
 // A call, or the last block of a call, with at most this many rows of x runs dot-product tiles: a
 // broadcast tile costs the FMAs of a whole block however few of its rows are stored, a dot-product tile
 // those of its rows. On a 2-core Zen 4 (a 100M model's decode-step GEMMs, weights streamed from memory)
-// the two tilings ran alike at 32 rows, dot-product tiles took 24.6 ms at 20 rows against 38 ms, and
-// M = 36 went from 55.5 to 40.1 ms; on a 2-core AVX-512 Xeon broadcast tiles were 1.15x faster at 32.
+// the two tilings ran alike at 32 rows, dot-product tiles took 24.4 ms at 20 rows against 34.4, and M = 36
+// went from 55.2 to 40.4 ms; on a 2-core AVX-512 Xeon broadcast tiles were 1.15x faster at 32.
 constexpr int64_t kDotRows = 3 * kMB / 4;
 static_assert(kDotRows >= kMB - kW, "a broadcast block must fill both of its x vectors' worth of rows");
 
