@@ -135,9 +135,8 @@ def bench_sync(vs, ts, reps, paths=("reload", "native"), prefix="vllm", with_tor
             if with_torch:
                 st = ts.update_weights(trainer)
                 rates.setdefault("torch:copy", []).append(st["gbps"])
-            t0 = time.perf_counter()
-            dst.copy_(src)
-            rates.setdefault("memcpy", []).append(src.numel() * 4 / (time.perf_counter() - t0) / 1e9)
+            t = common.time_call(lambda: dst.copy_(src), "cpu")
+            rates.setdefault("memcpy", []).append(src.numel() * 4 / t / 1e9)
     finally:
         if timer:
             timer.close()

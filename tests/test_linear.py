@@ -50,8 +50,8 @@ def test_strided_rows_and_batch_dims(seed, dtype):
 @pytest.mark.parametrize("M", [17, 24, 25, 40, 56, 57, 70])
 def test_strided_weight_rows_broadcast_tiles(seed, M):
     """fp32 past 24 rows of x (AVX-512; 12 on AVX2): the broadcast tiles (AVX-512: weight rows addressed as
-    base + j x row stride), on full and tail tiles of 12 rows, a row stride other than K, a K past one
-    256-step chunk; a last block of 1-24 rows on dot-product tiles over the same weight rows (40, 56, 70),
+    base + j x row stride), on full and tail tiles of 12 rows, a row stride other than K, a K of several
+    64-step chunks and a partial one; a last block of 1-24 rows on dot-product tiles over the same weight rows (40, 56, 70),
     or on a broadcast tile (25, 57); 17 and 24 on dot-product tiles only."""
     big_w = torch.randn(29, 300) / 17
     w = big_w[:, 7:290]  # row stride 300, K = 283

@@ -346,7 +346,8 @@ def grpo_loss(logits, targets, mask, advantages, *, old_logp=None, ref_logp=None
     inplace=True (kernel backends, eager mode, logits that need a gradient): `loss.backward()` overwrites
     the logits with their gradient and returns that storage as the gradient; no [N, V] buffer is
     allocated. Use it when nothing else reads the logits after the backward (e.g. they come straight from
-    the lm_head matmul); an autograd node that saved them before this call raises at backward. Under torch.compile, without a gradient, or on backend="torch" it is the usual path.
+    the lm_head matmul); an autograd node that saved them before this call raises at backward. Under
+    torch.compile, without a gradient, or on backend="torch" it is the usual path.
     """
     dtypes = _checks.FLOAT_DTYPES + ((torch.float64,) if backend == "torch" else ())
     _check_loss_inputs(logits, targets, mask, advantages, old_logp, ref_logp, sampling_logp, config, dtypes)
