@@ -4,7 +4,7 @@ Liger-Kernel's LigerFusedLinearGRPOLoss (when `liger_kernel` imports): time, FLO
 matmul ceiling, and peak extra memory measured in a fresh process per provider.
 
     python -m bench.bench_fused_linear [--quick] [--threads N] [--device cpu|cuda] [--shapes NxHxV,...]
-                                       [--dtype fp32|bf16] [--providers cpu,torch,compile,liger]
+                                       [--dtype fp32|bf16] [--providers cpu,cpu-vocab,torch,compile,liger]
                                        [--chunk-tokens C] [--reps R] [--warmup W] [--no-memory] [--out CSV]
 
 Shapes (N = B sequences x T = 256 tokens): CPU (N=4096, H=512, V=32000) fp32; CUDA (N=16384, H=4096,
@@ -12,10 +12,16 @@ V=151936) bf16; --quick: CPU (1024, 256, 32000), CUDA (4096, 4096, 151936). Loss
 clip 0.2, beta 0) with old logprobs near the current ones. Rows are appended to
 bench/results/bench_fused_linear.csv (schema of bench/common.py: one row per provider and metric).
 
+Providers: cpu / cuda / triton are our op with schedule="tokens" on that backend; cpu-vocab / cuda-vocab /
+triton-vocab the same with schedule="vocab" (the backward recomputes the logits per vocabulary block: no
+(V, H) fp32 dW accumulator; its chunk is plan_chunk without the CUDA floor, its backward tile
+plan_vocab_blocks(N, V, chunk)).
+
 FLOPs (written down, used for every provider): flops() = 6 N H V = forward logits GEMM (2 N H V) + dhidden =
 dlogits W (2 N H V) + dW = dlogits^T h (2 N H V); the softmax / loss work, O(N V), is not counted. A
-provider that recomputes the logits (sequence-level configs; Liger's chunks do not) does more work than
-it is credited with. The ceiling is the measured rate of one (N, H) x (H, V) matmul in the same run.
+provider that recomputes the logits (the vocab schedule: 8 N H V; sequence-level configs; Liger's chunks do
+not) does more work than it is credited with. The ceiling is the measured rate of one (N, H) x (H, V) matmul
+in the same run.
 
 Peak memory: each provider runs in a fresh process (`--memory-child`): inputs made, one warm-up step,
 then one measured step with .grad starting as None. CPU: VmHWM after a reset ("5" > /proc/self/clear_refs,
@@ -39,9 +45,9 @@ from grpo.ops import LossConfig  # noqa: E402
 from grpo.ops.fused_linear import fused_linear_grpo_loss_ref, plan_chunk  # noqa: E402
 
 SEQ_LEN = 256
-OURS = ("cpu", "cuda", "triton")
-BACKEND_OF = {"cpu": "cpu", "cuda": "cuda", "triton": "triton", "torch": "torch", "compile": "inductor",
-              "liger": "liger"}
+OURS = ("cpu", "cuda", "triton", "cpu-vocab", "cuda-vocab", "triton-vocab")
+BACKEND_OF = {"cpu": "cpu", "cuda": "cuda", "triton": "triton", "cpu-vocab": "cpu", "cuda-vocab": "cuda",
+              "triton-vocab": "triton", "torch": "torch", "compile": "inductor", "liger": "liger"}
 FULL_SHAPES = {"cpu": [(4096, 512, 32000)], "cuda": [(16384, 4096, 151936)]}
 QUICK_SHAPES = {"cpu": [(1024, 256, 32000)], "cuda": [(4096, 4096, 151936)]}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -84,8 +90,9 @@ def make_fns(names, batch, chunk_tokens, device) -> dict:
     fns = {}
     for name in names:
         if name in OURS:
-            fns[name] = lambda h, w, b=name: ops.fused_linear_grpo_loss(h, w, t, m, a, old_logp=old, config=CONFIG,
-                                                                       chunk_tokens=chunk_tokens, backend=b).loss
+            sched = "vocab" if name.endswith("-vocab") else "tokens"
+            fns[name] = lambda h, w, b=BACKEND_OF[name], s=sched: ops.fused_linear_grpo_loss(
+                h, w, t, m, a, old_logp=old, config=CONFIG, chunk_tokens=chunk_tokens, backend=b, schedule=s).loss
         elif name == "torch":
             fns[name] = lambda h, w: fused_linear_grpo_loss_ref(h, w, t, m, a, old_logp=old, config=CONFIG).loss
         elif name == "compile":
@@ -248,8 +255,9 @@ def parse_args(argv=None):
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--shapes", default=None, help="comma-separated NxHxV")
     p.add_argument("--dtype", default=None, help="fp32, bf16 or fp16 (default: fp32 on CPU, bf16 on CUDA)")
-    p.add_argument("--providers", default=None, help="from cpu, cuda, triton, torch, compile, liger "
-                                                     "(default: ours, torch, compile, and liger when importable)")
+    p.add_argument("--providers", default=None, help="from cpu, cuda, triton (each also as <name>-vocab), torch, "
+                                                     "compile, liger (default: ours in both schedules, torch, "
+                                                     "compile, and liger when importable)")
     p.add_argument("--chunk-tokens", type=int, default=None, help="override the default chunk rule")
     p.add_argument("--reps", type=int, default=None, help="timed rounds (default 7, quick 3)")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls per provider (the first one checks)")
@@ -264,6 +272,7 @@ def parse_args(argv=None):
         p.error(f"--dtype: expected one of {', '.join(DTYPES)}, got {a.dtype_name!r}")
     a.dtype = DTYPES[a.dtype_name]
     ours = ["cpu"] if dev == "cpu" else ["cuda"] + (["triton"] if ops._backend.triton_available() else [])
+    ours += [f"{name}-vocab" for name in ours]
     a.providers = (a.providers.split(",") if a.providers
                    else ours + ["torch", "compile"] + (["liger"] if liger_loss_cls() is not None else []))
     for name in a.providers:

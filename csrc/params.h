@@ -43,7 +43,8 @@ struct LogprobParams {
 // dlogits[n, j] = (g_logp[n] * (onehot_j - p_j) - g_ent[n] * p_j * (log p_j + H_n)) / temperature
 struct SoftmaxGradParams {
   const void* logits;     // (N, V)
-  const int64_t* targets; // (N,)
+  const int64_t* targets; // (N,); one outside [0, V) adds no one-hot term: the rows are a block of vocabulary
+                          // columns (V of them, targets shifted by the block's first column) without it
   const float* stats;     // (N, 2): m and log s from LogprobParams.stats
   const float* entropy;   // (N,) needed only when g_ent != null
   const float* g_logp;    // (N,)

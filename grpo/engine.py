@@ -148,6 +148,7 @@ class GRPOEngine:
                     out, ntok = loss_on_micro_batch(self.policy, batch, idx, config=self.loss_config,
                                                     num_tokens=num_tokens, num_sequences=batch.size, layout=self.layout,
                                                     backend=t.backend, chunk_tokens=t.chunk_tokens,
+                                                    schedule=t.fused_schedule,
                                                     autocast=self.autocast)
                     out.loss.backward()
                     _accumulate(sums, out, ntok, num_tokens)

@@ -289,7 +289,7 @@ def _autocast(device_type):
 
 
 def loss_on_micro_batch(model, batch: Batch, idx: list[int], *, config: ops.LossConfig, num_tokens, num_sequences,
-                        layout: str, backend: str = "auto", chunk_tokens=None, autocast=None):
+                        layout: str, backend: str = "auto", chunk_tokens=None, autocast=None, schedule="tokens"):
     """The fused linear + GRPO loss of one micro-batch (differentiable in the model), normalised by the
     global counts so that summing the micro-batches' gradients gives the whole batch's gradient.
     Returns (LossOutput, tokens in this micro-batch)."""
@@ -298,5 +298,5 @@ def loss_on_micro_batch(model, batch: Batch, idx: list[int], *, config: ops.Loss
         h, weight, ids.to(h.device), m.to(h.device), batch.advantages[idx].to(h.device),
         old_logp=_select(batch.old_logp, idx, T), ref_logp=_select(batch.ref_logp, idx, T),
         sampling_logp=_select(batch.sampling_logp, idx, T), config=config, num_tokens=num_tokens,
-        num_sequences=num_sequences, bias=bias, chunk_tokens=chunk_tokens, backend=backend)
+        num_sequences=num_sequences, bias=bias, chunk_tokens=chunk_tokens, backend=backend, schedule=schedule)
     return out, int(m.sum())

@@ -248,7 +248,8 @@ def _softmax_grad_kernel(logits, targets, stats, ent, g_logp, g_ent, dlogits, N,
         ge = tl.zeros([ROWS], tl.float32)
         H = tl.zeros([ROWS], tl.float32)
     live = row_ok & ((g != 0.0) | (ge != 0.0))
-    x_t = tl.load(row_ptr + tgt, mask=live, other=0.0).to(tl.float32)
+    # a target outside [0, V) (a block of vocabulary columns without it): no one-hot term, x_t not read
+    x_t = tl.load(row_ptr + tgt, mask=live & (tgt >= 0) & (tgt < V), other=0.0).to(tl.float32)
     m = tl.load(stats + 2 * rows64, mask=row_ok, other=0.0)
     logs = tl.load(stats + 2 * rows64 + 1, mask=row_ok, other=0.0)
     tl.debug_barrier()  # every thread has read x_t before any thread overwrites the row (in place)

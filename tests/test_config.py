@@ -52,6 +52,7 @@ def test_files_then_overrides(tmp_path):
     ("train.advantage_scale=wide", "advantage_scale"),
     ("loss.temperature=0.5", "loss.temperature"),
     ("sampler.block_size=20", "sampler.block_size"),
+    ("train.fused_schedule=rows", "train.fused_schedule"),
     ("nonsense", "key=value"),
     ("train=3", "train: expected a mapping"),
 ])

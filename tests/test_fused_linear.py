@@ -80,9 +80,9 @@ def run_ref64(inp, config, g, chunk_tokens):
     return out.loss.detach(), h.grad, w.grad, None if b is None else b.grad, out.metrics
 
 
-def check_against_reference(inp, config, dtype, chunk_tokens, backend="cpu"):
+def check_against_reference(inp, config, dtype, chunk_tokens, backend="cpu", **kw):
     g = torch.randn(()).item()
-    ours = run(inp, config, g, backend, chunk_tokens=chunk_tokens)
+    ours = run(inp, config, g, backend, chunk_tokens=chunk_tokens, **kw)
     naive = run(inp, config, g, "torch")
     ref = run_ref64(inp, config, g, chunk_tokens)
     assert ours[0].dtype == torch.float32 and ours[1].dtype == ours[2].dtype == dtype
@@ -274,8 +274,9 @@ def test_compile_fullgraph(seed):
     assert hasattr(torch.ops.grpo, "fused_linear_grpo_loss") and hasattr(torch.ops.grpo, "fused_linear_logprobs")
 
 
+@pytest.mark.parametrize("schedule", ["tokens", "vocab"])
 @pytest.mark.parametrize("ratio_level,dtype", [("token", torch.float32), ("sequence", torch.bfloat16)])
-def test_opcheck(ratio_level, dtype):
+def test_opcheck(ratio_level, dtype, schedule):
     """Schema, fake tensor and autograd registration of both ops; AOT dispatch of the logprobs op. The loss
     op's AOT check is left to test_compile_fullgraph: its outputs 3-5 are its gradient buffers, which the
     eager backward scales in place (no copy of dW / dhidden), so opcheck's eager-vs-traced comparison of
@@ -286,7 +287,7 @@ def test_opcheck(ratio_level, dtype):
     t, m, adv = torch.randint(0, V, (B, T)), torch.ones(B, T), torch.randn(B)
     old = torch.randn(B, T) * 0.1 - 2.0
     args = (h, w, b, t, m, m / m.sum(), adv, old, None, None, 0.2, 0.28, 0.0, 0.0, "k3", ratio_level, "", 3.0, 1.0,
-            ratio_level == "sequence", 2, True, True, b is not None, "cpu")
+            ratio_level == "sequence", 2, True, True, b is not None, "cpu", schedule)
     torch.library.opcheck(torch.ops.grpo.fused_linear_grpo_loss.default, args,
                           test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
     torch.library.opcheck(torch.ops.grpo.fused_linear_logprobs.default,

@@ -1,5 +1,6 @@
 """Memory proof (a test, not a timing): the fused linear + GRPO loss keeps no [N, V] tensor, so its peak
-extra memory over inputs and outputs stays below two chunks of logits and does not grow with N, while the
+extra memory over inputs and outputs stays below two chunks of logits and does not grow with N (both
+schedules: "tokens", and "vocab" whose backward tile holds the same budget of chunk * V logits), while the
 naive materialized path (matmul + reference loss + autograd) grows by at least the [N, V] logits and their
 gradient.
 
@@ -54,8 +55,9 @@ def _child(variant, N):
         return h, w, t, mask, adv, old
 
     def step(h, w, t, mask, adv, old):
-        if variant == "fused":
-            out = ops.fused_linear_grpo_loss(h, w, t, mask, adv, old_logp=old, backend="cpu")
+        if variant in ("fused", "vocab"):
+            schedule = "tokens" if variant == "fused" else "vocab"
+            out = ops.fused_linear_grpo_loss(h, w, t, mask, adv, old_logp=old, backend="cpu", schedule=schedule)
         else:
             out = fused_linear_grpo_loss_ref(h, w, t, mask, adv, old_logp=old)
         out.loss.backward()
@@ -89,14 +91,17 @@ def _measure(variant, N):
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc RSS high-water marks")
 def test_fused_linear_peak_memory_independent_of_n():
     fused = {N: _measure("fused", N) for N in NS}
+    vocab = {N: _measure("vocab", N) for N in NS}
     naive = {N: _measure("naive", N) for N in NS}
     for N in NS:
-        f, n = fused[N], naive[N]
-        print(f"N={N}: fused extra {f['extra'] / MB:.1f} MB (chunk {f['chunk']}), naive extra {n['extra'] / MB:.1f} MB, "
-              f"outputs {f['out_bytes'] / MB:.1f} MB (kept after: fused {f['kept'] / MB:.1f}, naive {n['kept'] / MB:.1f})")
+        f, v, n = fused[N], vocab[N], naive[N]
+        print(f"N={N}: fused extra {f['extra'] / MB:.1f} MB (chunk {f['chunk']}), vocab schedule {v['extra'] / MB:.1f} "
+              f"MB, naive extra {n['extra'] / MB:.1f} MB, outputs {f['out_bytes'] / MB:.1f} MB (kept after: fused "
+              f"{f['kept'] / MB:.1f}, vocab {v['kept'] / MB:.1f}, naive {n['kept'] / MB:.1f})")
     for N in NS:
         bound = 2 * fused[N]["chunk"] * V * 4  # two chunks of fp32 logits
         assert fused[N]["extra"] < bound, (N, fused[N], bound)
+        assert vocab[N]["extra"] < bound, (N, vocab[N], bound)
     growth = naive[NS[1]]["extra"] - naive[NS[0]]["extra"]
     logits_and_grad = 2 * (NS[1] - NS[0]) * V * 4
     assert growth >= logits_and_grad, (growth, logits_and_grad, naive)

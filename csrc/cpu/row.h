@@ -246,7 +246,9 @@ void row_grad_impl(const T* row, T* out, int64_t V, int64_t target, float m, flo
     return;
   }
   const float a = (float)(-(double)g_logp / temperature), b = (float)(-(double)g_ent / temperature);
-  const float z_t = scale(load(row, target));
+  // A target outside [0, V): the row is a block of vocabulary columns that does not hold it (no one-hot term).
+  const bool has_target = target >= 0 && target < V;
+  const float z_t = has_target ? scale(load(row, target)) : 0.0f;
   const vf zero = splat(0.0f);
   if (g_ent == 0.0f) {  // the loss backward: no entropy term
     for (int64_t j = 0; j < Vv; j += kW) vstore(out + j, a * vexp_nonpos((scale(vload(row + j)) - m) - logs));
@@ -265,6 +267,7 @@ void row_grad_impl(const T* row, T* out, int64_t V, int64_t target, float m, flo
     store(out, j, a * p + b * ent);
   }
   // The one-hot term, added once to the target column (re-derived from the saved logit: `out` may alias).
+  if (!has_target) return;
   const float lpt = (z_t - m) - logs;
   const float pt = fexp(lpt);
   const float ent_t = pt > 0.0f ? pt * (lpt + H) : 0.0f;

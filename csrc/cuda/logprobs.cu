@@ -45,7 +45,10 @@ __global__ void __launch_bounds__(Slots<kThreads>::kBlock, Slots<kThreads>::kMin
       row_zero<T, kThreads>(out, (int)p.V, lane);
       continue;
     }
-    float x_t[1] = {lane == 0 ? to_f(row[target]) : 0.0f};
+    // A target outside [0, V) (a block of vocabulary columns without it): no one-hot term; row_grad_part's
+    // column match never fires for it, and its x_t is not read.
+    const bool has_target = target >= 0 && target < p.V;
+    float x_t[1] = {lane == 0 && has_target ? to_f(row[target]) : 0.0f};
     group_bcast<kThreads>(x_t);  // before any lane of the group overwrites the row (out may alias it)
     const float H = p.g_ent ? p.entropy[n] : 0.0f;
     row_grad<T, kThreads>(row, out, (int)p.V, lane, (int)target, x_t[0], p.stats[2 * n], p.stats[2 * n + 1], H, g_logp,

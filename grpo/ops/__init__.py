@@ -10,7 +10,9 @@
 """
 from .advantages import group_advantages, group_advantages_ref
 from .config import LossConfig, LossOutput
-from .fused_linear import fused_linear_grpo_loss, fused_linear_logprobs
+from .fused_linear import fused_linear_grpo_loss
+from .fused_linear_logprobs import fused_linear_logprobs
+from . import fused_linear_vocab  # noqa: F401 -- registers schedule="vocab"
 from .linear import rowwise_linear, rowwise_linear_ref
 from .logprobs import token_logprobs, token_logprobs_ref
 from .loss import grpo_loss, grpo_loss_ref, loss_metrics

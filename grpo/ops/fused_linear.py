@@ -1,20 +1,25 @@
 """fused_linear_grpo_loss: lm_head matmul + GRPO loss + its gradients, chunked over tokens so no [N, V]
 logits tensor ever exists; fused_linear_logprobs: the no-grad logprob (+ entropy) pass, same chunking.
 
-Per chunk of tokens: logits = h_chunk @ W^T (+ b) in the input dtype (fp32 accumulation inside the GEMM),
-the loss kernel turns them into dlogits in place, then dhidden_chunk = dlogits @ W and dW += dlogits^T @ h
-(db += sum of dlogits rows). All of it runs in the forward; the backward only scales the saved gradients
-by the upstream gradient, in place where the dtype allows (no copy of dW or dhidden).
+The "tokens" schedule (the default), per chunk of tokens: logits = h_chunk @ W^T (+ b) in the input dtype
+(fp32 accumulation inside the GEMM), the loss kernel turns them into dlogits in place, then
+dhidden_chunk = dlogits @ W and dW += dlogits^T @ h (db += sum of dlogits rows). All of it runs in the
+forward; the backward only scales the saved gradients by the upstream gradient, in place where the dtype
+allows (no copy of dW or dhidden). The "vocab" schedule (fused_linear_vocab.py, registered in SCHEDULES)
+keeps no gradient from the forward and recomputes the logits per vocabulary block in the backward.
 
-Order: reference -> chunk planning -> launch helpers -> custom ops + autograd -> functional API.
+Order: reference -> chunk planning -> launch helpers -> schedules -> custom ops + autograd -> functional API.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
 from . import _backend, _checks
 from .config import LossConfig, LossOutput
-from .logprobs import launch_logprobs, launch_softmax_grad, token_logprobs_ref
+from .logprobs import launch_logprobs, launch_softmax_grad
 from .loss import check_token_inputs, grpo_loss_ref, kernel_inputs, launch_loss, launch_loss_head, loss_metrics
 
 
@@ -32,12 +37,6 @@ def fused_linear_grpo_loss_ref(hidden, weight, targets, mask, advantages, *, bia
     """Reference: materialized logits + grpo_loss_ref (autograd does every gradient). Same keywords as
     grpo_loss_ref (old_logp, ref_logp, sampling_logp, config, num_tokens, num_sequences)."""
     return grpo_loss_ref(materialize_logits(hidden, weight, bias), targets, mask, advantages, **kw)
-
-
-def fused_linear_logprobs_ref(hidden, weight, targets, *, temperature=1.0, with_entropy=False, bias=None):
-    """Reference: token_logprobs_ref of the materialized logits."""
-    return token_logprobs_ref(materialize_logits(hidden, weight, bias), targets, temperature=temperature,
-                              with_entropy=with_entropy)
 
 
 # --- chunk planning -----------------------------------------------------------------------------------
@@ -84,24 +83,25 @@ def _chunk_logits(h2d, weight, bias, s, e, buf):
 _ADDMM_OUT_DTYPE = {"ok": None}  # whether this torch has addmm(..., out_dtype=fp32, out=) for CUDA bf16/fp16
 
 
-def _accumulate_dw(dW, dl, h):
-    """dW (V, H) fp32 += dl^T (V, n) @ h (n, H). fp32 data: one in-place addmm. Low precision on CUDA: the
-    GEMM in the input dtype straight into the fp32 accumulator (addmm out_dtype); where torch lacks it, a
-    GEMM in the input dtype whose (V, H) result is added in fp32. On CPU (no out_dtype kernel) the chunk is
-    upcast: the products of bf16 numbers are exact in fp32, so this only costs time."""
-    if dl.dtype == torch.float32:
-        dW.addmm_(dl.t(), h)
-    elif dl.is_cuda:
+def _addmm_fp32(acc, a, b):
+    """acc (m, n) fp32 += a (m, k) @ b (k, n), a and b in the input dtype (dW += dl^T h: a = dl^T). fp32 data:
+    one in-place addmm. Low precision on CUDA: the GEMM in the input dtype straight into the fp32 accumulator
+    (addmm out_dtype); where torch lacks it, a GEMM in the input dtype whose (m, n) result is added in fp32.
+    On CPU (no out_dtype kernel) a and b are upcast: the products of bf16 numbers are exact in fp32, so this
+    only costs time."""
+    if a.dtype == torch.float32:
+        acc.addmm_(a, b)
+    elif a.is_cuda:
         if _ADDMM_OUT_DTYPE["ok"] is not False:
             try:
-                torch.addmm(dW, dl.t(), h, out_dtype=torch.float32, out=dW)
+                torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
                 _ADDMM_OUT_DTYPE["ok"] = True
                 return
             except (RuntimeError, TypeError, NotImplementedError):
                 _ADDMM_OUT_DTYPE["ok"] = False
-        dW.add_(torch.mm(dl.t(), h))
+        acc.add_(torch.mm(a, b))
     else:
-        dW.addmm_(dl.t().float(), h.float())
+        acc.addmm_(a.float(), b.float())
 
 
 def _mm_fp32_out(a, b, out, k_block=8192):
@@ -129,14 +129,15 @@ def _chunk_backward(dl, h2d, weight, s, e, grads, db_done=False):
     if dh is not None:
         _mm_fp32_out(dl, weight, dh[s:e])
     if dW is not None:
-        _accumulate_dw(dW, dl, h2d[s:e])
+        _addmm_fp32(dW, dl.t(), h2d[s:e])
     if db is not None and not db_done:
         db.add_(dl.sum(0, dtype=torch.float32))
 
 
 def _exact_bias_grad(db, lg, t, stats, g, temperature):
     """db (V,) fp32 += sum_n g_n (onehot(t_n) - p_n) / T over the chunk, from its logits lg (n, V) in the input
-    dtype, stats (n, 2) [max, log s] of the scaled logits and g (n,) = dLoss/dlogp, in fp32. Why: for
+    dtype, stats (n, 2) [max, log s] of the scaled logits and g (n,) = dLoss/dlogp, in fp32 (lg may be a block
+    of vocabulary columns: a target t_n outside [0, V) adds no one-hot term). Why: for
     low-precision logits, summing the dlogits after their rounding and scaling by the upstream gradient in the
     backward rounds twice (up to ~1 ulp where one token dominates a column; torch rounds g * dlogits once).
     Costs an fp32 (rows with g != 0, V) temporary per chunk, only when a low-precision bias needs its gradient."""
@@ -146,17 +147,21 @@ def _exact_bias_grad(db, lg, t, stats, g, temperature):
     gt = g[rows] / temperature  # (n',)
     p = lg[rows].float().div_(temperature).sub_(stats[rows, :1]).sub_(stats[rows, 1:]).exp_()  # (n', V)
     db.sub_(gt @ p)
-    db.index_add_(0, t[rows], gt)
+    tr = t[rows]
+    inside = (tr >= 0) & (tr < db.numel())
+    db.index_add_(0, tr[inside], gt[inside])
 
 
 def _needs_exact_db(grads, lg):
     return grads[2] is not None and lg.dtype != torch.float32
 
 
-def _tokenwise_sweep(h2d, weight, bias, t1d, m, coef, adv, old, ref, samp, config, chunk, grads, out, backend):
+def _tokenwise_sweep(h2d, weight, bias, t1d, m, coef, adv, old, ref, samp, config, chunk, grads, out, backend,
+                     keep=None):
     """One sweep: per chunk, logits -> launch_loss (loss, logp, entropy and dlogits in place) -> GEMMs.
     The chunk's per-token inputs are passed as (n, 1) views with per-token advantages, so the kernel's
-    (B, T) = (n, 1) indexing sees exactly that chunk's tokens."""
+    (B, T) = (n, 1) indexing sees exactly that chunk's tokens. keep = (stats (N, 2), g (N,)) fp32 buffers,
+    optional: filled with the row stats and dLoss/dlogp (the vocab schedule's forward, grads all None)."""
     N, T = m.numel(), m.shape[1]
     tok_loss, logp, ent = out
     col = lambda x, s, e: None if x is None else x.reshape(N, 1)[s:e]  # noqa: E731
@@ -173,6 +178,8 @@ def _tokenwise_sweep(h2d, weight, bias, t1d, m, coef, adv, old, ref, samp, confi
         tok_loss[s:e], logp[s:e] = tl, lp
         if ent is not None:
             ent[s:e] = en
+        if keep is not None:
+            keep[0][s:e], keep[1][s:e] = st, g
         if exact_db:  # implies want_grad (the bias gradient is wanted)
             _exact_bias_grad(grads[2], lg, t1d[s:e], st, g, config.temperature)
             launch_softmax_grad(lg, t1d[s:e], st, None, g, None, config.temperature, out=lg, backend=backend)
@@ -180,33 +187,41 @@ def _tokenwise_sweep(h2d, weight, bias, t1d, m, coef, adv, old, ref, samp, confi
             _chunk_backward(lg, h2d, weight, s, e, grads, db_done=exact_db)
 
 
-def _sequence_sweeps(h2d, weight, bias, t1d, m, coef, adv, old, ref, samp, config, chunk, grads, out, backend):
-    """Sequence-level ratio / IS weight: a token's gradient needs its whole sequence's logp. Sweep 1 (no
-    gradient): per chunk logits -> logp, row stats (m, log s), entropy. Then the per-sequence head over all
-    N tokens (O(N)). Sweep 2: recompute each chunk's logits (same GEMM, same shapes: the same values the
-    stats came from) and write dlogits in place from the saved stats and g, then the GEMMs."""
+def _sequence_forward(h2d, weight, bias, t1d, m, coef, adv, old, ref, samp, config, chunk, out, backend,
+                      want_stats, buf):
+    """Sweep 1 of a sequence-level ratio / IS weight (no gradient): per chunk logits -> logp, row stats
+    (m, log s) when `want_stats`, entropy; then the per-sequence head over all N tokens (O(N)).
+    Returns stats (N, 2) or None and g (N,) = dLoss/dlogp, fp32."""
     N = m.numel()
     tok_loss, logp, ent = out
-    want_grad = any(x is not None for x in grads)
-    stats = torch.empty(N, 2, dtype=torch.float32, device=h2d.device) if want_grad else None
-    buf = torch.empty(min(chunk, N), weight.shape[0], dtype=h2d.dtype, device=h2d.device)
+    stats = torch.empty(N, 2, dtype=torch.float32, device=h2d.device) if want_stats else None
     lo = torch.empty(N, dtype=torch.float32, device=h2d.device)  # logp's rounding residual, for the sums
-    bounds = chunk_bounds(N, chunk)
-    for s, e in bounds:
+    for s, e in chunk_bounds(N, chunk):
         lg = _chunk_logits(h2d, weight, bias, s, e, buf)
-        lp, st, en = launch_logprobs(lg, t1d[s:e], config.temperature, ent is not None, want_stats=want_grad,
+        lp, st, en = launch_logprobs(lg, t1d[s:e], config.temperature, ent is not None, want_stats=want_stats,
                                      backend=backend, logp_lo=lo[s:e])
         logp[s:e] = lp
-        if want_grad:
+        if want_stats:
             stats[s:e] = st
         if ent is not None:
             ent[s:e] = en
     tl, g = launch_loss_head(logp, m, coef, adv, old, ref, samp, config, backend, logp_lo=lo)
     tok_loss.copy_(tl)
+    return stats, g
+
+
+def _sequence_sweeps(h2d, weight, bias, t1d, m, coef, adv, old, ref, samp, config, chunk, grads, out, backend):
+    """Sequence-level ratio / IS weight: a token's gradient needs its whole sequence's logp. Sweep 1:
+    _sequence_forward. Sweep 2: recompute each chunk's logits (same GEMM, same shapes: the same values the
+    stats came from) and write dlogits in place from the saved stats and g, then the GEMMs."""
+    want_grad = any(x is not None for x in grads)
+    buf = torch.empty(min(chunk, m.numel()), weight.shape[0], dtype=h2d.dtype, device=h2d.device)
+    stats, g = _sequence_forward(h2d, weight, bias, t1d, m, coef, adv, old, ref, samp, config, chunk, out, backend,
+                                 want_grad, buf)
     if not want_grad:
         return
     exact_db = _needs_exact_db(grads, buf)
-    for s, e in bounds:
+    for s, e in chunk_bounds(m.numel(), chunk):
         lg = _chunk_logits(h2d, weight, bias, s, e, buf)
         if exact_db:
             _exact_bias_grad(grads[2], lg, t1d[s:e], stats[s:e], g[s:e], config.temperature)
@@ -234,68 +249,42 @@ def launch_fused_linear_loss(h2d, weight, bias, t1d, m, coef, adv, old, ref, sam
     return (*out, *grads)
 
 
-def launch_fused_linear_logprobs(h2d, weight, bias, t1d, temperature, with_entropy, chunk, backend="cpu"):
-    """h2d (N, H), weight (V, H), t1d (N,) int64 -> logp (N,), entropy (N,) or None, float32; no gradient."""
-    N = h2d.shape[0]
-    f32 = dict(dtype=torch.float32, device=h2d.device)
-    logp, ent = torch.empty(N, **f32), torch.empty(N, **f32) if with_entropy else None
-    buf = torch.empty(min(chunk, N), weight.shape[0], dtype=h2d.dtype, device=h2d.device)
-    for s, e in chunk_bounds(N, chunk):
-        lp, _, en = launch_logprobs(_chunk_logits(h2d, weight, bias, s, e, buf), t1d[s:e], temperature,
-                                    with_entropy, want_stats=False, backend=backend)
-        logp[s:e] = lp
-        if ent is not None:
-            ent[s:e] = en
-    return logp, ent
+# --- schedules -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Schedule:
+    """How fused_linear_grpo_loss orders its work; each is registered by name in SCHEDULES.
+
+    forward(h2d, weight, bias, t1d, m, coef, adv, old, ref, samp, config, chunk, need, backend) ->
+        (tok_loss (N,), logp (N,), entropy (N,) or None, s0, s1, s2): three tensors (or None) for the backward;
+    fake(hidden, weight, bias, N, need) -> the fakes of s0, s1, s2 (torch.compile's shapes);
+    save(ctx, inputs, output) keeps what backward(ctx, g_loss) -> (dhidden, dweight, dbias) reads;
+    cuda_floor: plan_chunk applies MIN_CHUNK_CUDA (the fp32 dW accumulator's traffic) on CUDA."""
+    forward: Callable
+    fake: Callable
+    save: Callable
+    backward: Callable
+    cuda_floor: bool
 
 
-# --- custom ops (opaque to torch.compile) + autograd -----------------------------------------------------
-# Forward: everything (loss, logp, entropy, dhidden, dW, db). The gradients leave the op as outputs 3-5 and
-# are saved; the backward scales them by the upstream gradient, in place in eager mode (see _scaled), so
-# those outputs are the op's own buffers: the functional API drops them and nobody else should keep them.
-@torch.library.custom_op("grpo::fused_linear_grpo_loss", mutates_args=())
-def _fused_op(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
-              mask: torch.Tensor, coef: torch.Tensor, advantages: torch.Tensor, old_logp: torch.Tensor | None,
-              ref_logp: torch.Tensor | None, sampling_logp: torch.Tensor | None, eps_low: float, eps_high: float,
-              dual_clip: float, beta: float, kl: str, ratio_level: str, is_mode: str, is_cap: float,
-              temperature: float, entropy: bool, chunk: int, need_dh: bool, need_dw: bool, need_db: bool,
-              backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                                     torch.Tensor]:
-    V, H = weight.shape
-    _checks.check_targets_range("targets", targets, V)
-    config = LossConfig(eps_low=eps_low, eps_high=eps_high, dual_clip=dual_clip or None, beta=beta, kl=kl,
-                        ratio_level=ratio_level, is_mode=is_mode or None, is_cap=is_cap, temperature=temperature,
-                        entropy=entropy)
-    tok_loss, logp, ent, dh, dW, db = launch_fused_linear_loss(
-        hidden.reshape(-1, H), weight, bias, targets.reshape(-1), mask, coef, advantages, old_logp, ref_logp,
-        sampling_logp, config, chunk, (need_dh, need_dw, need_db), backend)
-    loss = (tok_loss.view(mask.shape).double() * coef).sum().to(torch.float32)
-    empty = lambda t: t.new_empty(0)  # noqa: E731 -- "not computed" placeholders (custom ops return tensors)
-    return (loss, logp.view(mask.shape), ent.view(mask.shape) if ent is not None else empty(logp),
-            dh if dh is not None else empty(logp), dW if dW is not None else empty(logp),
-            db if db is not None else empty(logp))
+SCHEDULES: dict[str, Schedule] = {}
 
 
-@_fused_op.register_fake
-def _(hidden, weight, bias, targets, mask, coef, advantages, old_logp, ref_logp, sampling_logp, eps_low, eps_high,
-      dual_clip, beta, kl, ratio_level, is_mode, is_cap, temperature, entropy, chunk, need_dh, need_dw, need_db,
-      backend):
+def get_schedule(name) -> Schedule:
+    try:
+        return SCHEDULES[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"schedule: expected one of {sorted(SCHEDULES)}, got {name!r}") from None
+
+
+def _tokens_fake(hidden, weight, bias, N, need):
     f = dict(dtype=torch.float32)
     V, H = weight.shape
-    N = mask.numel()
-    return (mask.new_empty((), **f), mask.new_empty(mask.shape, **f),
-            mask.new_empty(mask.shape if entropy else (0,), **f),
-            hidden.new_empty((N, H) if need_dh else (0,), **f),
-            weight.new_empty((V, H) if need_dw else (0,), **f),
-            weight.new_empty((V,) if need_db and bias is not None else (0,), **f))
+    return (hidden.new_empty((N, H) if need[0] else (0,), **f), weight.new_empty((V, H) if need[1] else (0,), **f),
+            weight.new_empty((V,) if need[2] and bias is not None else (0,), **f))
 
 
-def _setup_context(ctx, inputs, output):
-    hidden, weight, bias = inputs[0], inputs[1], inputs[2]
+def _tokens_save(ctx, inputs, output):
     ctx.save_for_backward(output[3], output[4], output[5])
-    ctx.set_materialize_grads(False)  # else autograd builds zero (V, H) / (N, H) grads for the unused outputs
-    ctx.meta = (hidden.shape, hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
-    ctx.need = (inputs[21], inputs[22], inputs[23] and bias is not None)
 
 
 def _scaled(buf, g, dtype):
@@ -309,35 +298,71 @@ def _scaled(buf, g, dtype):
     return torch.mul(buf, g, out=torch.empty(buf.shape, dtype=dtype, device=buf.device))
 
 
-def _backward(ctx, g_loss, g_logp, g_ent, g_dh, g_dw, g_db):
+def _tokens_backward(ctx, g):
     dh, dW, db = ctx.saved_tensors
-    if g_loss is None:  # only the detached outputs (logp, entropy) were used downstream
-        return (None,) * 25
     shape, h_dtype, w_dtype, b_dtype = ctx.meta
-    g = g_loss.to(torch.float32)
-    gh = _scaled(dh, g, h_dtype).view(shape) if ctx.need[0] else None
-    gw = _scaled(dW, g, w_dtype) if ctx.need[1] else None
-    gb = _scaled(db, g, b_dtype) if ctx.need[2] else None
-    return (gh, gw, gb) + (None,) * 22
+    return (_scaled(dh, g, h_dtype).view(shape) if ctx.need[0] else None,
+            _scaled(dW, g, w_dtype) if ctx.need[1] else None,
+            _scaled(db, g, b_dtype) if ctx.need[2] else None)
+
+
+# "tokens": every gradient built in the forward, chunk by chunk over the tokens (6 N H V FLOPs; an fp32 (V, H)
+# dW accumulator for low-precision weights); the backward only scales them. "vocab": fused_linear_vocab.py.
+SCHEDULES["tokens"] = Schedule(launch_fused_linear_loss, _tokens_fake, _tokens_save, _tokens_backward, True)
+
+
+# --- custom ops (opaque to torch.compile) + autograd -----------------------------------------------------
+# Forward: loss, logp, entropy and the schedule's three tensors for the backward (the "tokens" schedule: the
+# gradients dhidden, dW, db, which its backward scales by the upstream gradient in place in eager mode, see
+# _scaled). Those outputs are the op's own buffers: the functional API drops them and nobody else should keep
+# them.
+@torch.library.custom_op("grpo::fused_linear_grpo_loss", mutates_args=())
+def _fused_op(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
+              mask: torch.Tensor, coef: torch.Tensor, advantages: torch.Tensor, old_logp: torch.Tensor | None,
+              ref_logp: torch.Tensor | None, sampling_logp: torch.Tensor | None, eps_low: float, eps_high: float,
+              dual_clip: float, beta: float, kl: str, ratio_level: str, is_mode: str, is_cap: float,
+              temperature: float, entropy: bool, chunk: int, need_dh: bool, need_dw: bool, need_db: bool,
+              backend: str, schedule: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                                    torch.Tensor, torch.Tensor]:
+    V, H = weight.shape
+    _checks.check_targets_range("targets", targets, V)
+    config = LossConfig(eps_low=eps_low, eps_high=eps_high, dual_clip=dual_clip or None, beta=beta, kl=kl,
+                        ratio_level=ratio_level, is_mode=is_mode or None, is_cap=is_cap, temperature=temperature,
+                        entropy=entropy)
+    tok_loss, logp, ent, *saved = get_schedule(schedule).forward(
+        hidden.reshape(-1, H), weight, bias, targets.reshape(-1), mask, coef, advantages, old_logp, ref_logp,
+        sampling_logp, config, chunk, (need_dh, need_dw, need_db), backend)
+    loss = (tok_loss.view(mask.shape).double() * coef).sum().to(torch.float32)
+    empty = lambda x: x if x is not None else logp.new_empty(0)  # noqa: E731 -- "not computed" placeholders
+    return (loss, logp.view(mask.shape), empty(ent if ent is None else ent.view(mask.shape)), *map(empty, saved))
+
+
+@_fused_op.register_fake
+def _(hidden, weight, bias, targets, mask, coef, advantages, old_logp, ref_logp, sampling_logp, eps_low, eps_high,
+      dual_clip, beta, kl, ratio_level, is_mode, is_cap, temperature, entropy, chunk, need_dh, need_dw, need_db,
+      backend, schedule):
+    f = dict(dtype=torch.float32)
+    return (mask.new_empty((), **f), mask.new_empty(mask.shape, **f),
+            mask.new_empty(mask.shape if entropy else (0,), **f),
+            *get_schedule(schedule).fake(hidden, weight, bias, mask.numel(), (need_dh, need_dw, need_db)))
+
+
+def _setup_context(ctx, inputs, output):
+    hidden, weight, bias = inputs[0], inputs[1], inputs[2]
+    ctx.schedule = get_schedule(inputs[25])
+    ctx.schedule.save(ctx, inputs, output)
+    ctx.set_materialize_grads(False)  # else autograd builds zero (V, H) / (N, H) grads for the unused outputs
+    ctx.meta = (hidden.shape, hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
+    ctx.need = (inputs[21], inputs[22], inputs[23] and bias is not None)
+
+
+def _backward(ctx, g_loss, g_logp, g_ent, g_s0, g_s1, g_s2):
+    if g_loss is None:  # only the detached outputs (logp, entropy) were used downstream
+        return (None,) * 26
+    return ctx.schedule.backward(ctx, g_loss.to(torch.float32)) + (None,) * 23
 
 
 _fused_op.register_autograd(_backward, setup_context=_setup_context)
-
-
-@torch.library.custom_op("grpo::fused_linear_logprobs", mutates_args=())
-def _logprobs_op(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
-                 temperature: float, with_entropy: bool, chunk: int, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
-    V, H = weight.shape
-    _checks.check_targets_range("targets", targets, V)
-    logp, ent = launch_fused_linear_logprobs(hidden.reshape(-1, H), weight, bias, targets.reshape(-1), temperature,
-                                             with_entropy, chunk, backend)
-    return logp.view(targets.shape), ent.view(targets.shape) if ent is not None else logp.new_empty(0)
-
-
-@_logprobs_op.register_fake
-def _(hidden, weight, bias, targets, temperature, with_entropy, chunk, backend):
-    f = dict(dtype=torch.float32)
-    return targets.new_empty(targets.shape, **f), targets.new_empty(targets.shape if with_entropy else (0,), **f)
 
 
 # --- functional API -----------------------------------------------------------------------------------
@@ -386,7 +411,7 @@ def _check_loss_inputs(hidden, weight, bias, targets, mask, advantages, old_logp
 
 def fused_linear_grpo_loss(hidden, weight, targets, mask, advantages, *, old_logp=None, ref_logp=None,
                            sampling_logp=None, config=LossConfig(), num_tokens=None, num_sequences=None, bias=None,
-                           chunk_tokens=None, backend="auto"):
+                           chunk_tokens=None, backend="auto", schedule="tokens"):
     """GRPO loss straight from the last hidden states and the lm_head, without an [N, V] logits tensor.
 
     hidden (B, T, H) fp32/bf16/fp16, weight (V, H) and bias (V,) or None in hidden's dtype (a tied
@@ -394,6 +419,10 @@ def fused_linear_grpo_loss(hidden, weight, targets, mask, advantages, *, old_log
     old_logp / ref_logp / sampling_logp (B, T) or None, config, num_tokens / num_sequences as in grpo_loss.
     chunk_tokens: tokens per chunk (default: plan_chunk's rule, chunk * V ~ N * H). backend: "auto", "cpu",
     "cuda", "triton" (chunked, the loss kernels of that backend) or "torch" (the materialized reference).
+    schedule: "tokens" (the gradients are built in the forward, chunk by chunk over the tokens: 6 N H V FLOPs,
+    and an fp32 (V, H) dW accumulator for low-precision weights) or "vocab" (the forward keeps O(N) per-token
+    vectors; the backward recomputes the logits one vocabulary block at a time: 8 N H V FLOPs, no (V, H) fp32
+    buffer; see fused_linear_vocab.py). chunk_tokens sets both schedules' logits budget (chunk * V elements).
     Returns LossOutput(loss () float32 differentiable in hidden, weight and bias; metrics as grpo_loss).
     """
     dtypes = _checks.FLOAT_DTYPES + ((torch.float64,) if backend == "torch" else ())
@@ -402,6 +431,7 @@ def fused_linear_grpo_loss(hidden, weight, targets, mask, advantages, *, old_log
     _checks.check_scalar("num_tokens", num_tokens, positive=True)
     _checks.check_scalar("num_sequences", num_sequences, positive=True)
     _check_chunk(chunk_tokens)
+    sched = get_schedule(schedule)
     backend = _backend.resolve(backend, hidden, "hidden")
     if backend == "torch":
         if _checks.data_checks_enabled():
@@ -415,37 +445,11 @@ def fused_linear_grpo_loss(hidden, weight, targets, mask, advantages, *, old_log
     grad = torch.is_grad_enabled()
     need = (grad and hidden.requires_grad, grad and weight.requires_grad,
             grad and bias is not None and bias.requires_grad)
-    chunk = plan_chunk(B * T, H, weight.shape[0], chunk_tokens, cuda=hidden.is_cuda)
+    chunk = plan_chunk(B * T, H, weight.shape[0], chunk_tokens, cuda=hidden.is_cuda and sched.cuda_floor)
     loss, logp, ent, _, _, _ = _fused_op(
         hidden, weight, bias, targets.to(torch.int64).contiguous(), m, coef, adv, old, ref, samp,
         float(config.eps_low), float(config.eps_high), float(config.dual_clip or 0.0), float(config.beta), config.kl,
         config.ratio_level, config.is_mode or "", float(config.is_cap), float(config.temperature),
-        bool(config.entropy), chunk, *need, backend)
+        bool(config.entropy), chunk, *need, backend, schedule)
     metrics = loss_metrics(logp.detach(), m, adv, old, ref_logp, samp, config, ent if config.entropy else None)
     return LossOutput(loss, metrics)
-
-
-def fused_linear_logprobs(hidden, weight, targets, *, temperature=1.0, with_entropy=False, bias=None,
-                          chunk_tokens=None, backend="auto"):
-    """No-grad logprobs of the targets from hidden states and the lm_head (old / reference passes).
-
-    hidden (B, T, H) (any leading dims), weight (V, H), bias (V,) or None, targets (B, T) int ->
-    logp (B, T) float32 [, entropy (B, T) float32]. Chunked like fused_linear_grpo_loss (no [N, V] tensor);
-    backend "torch" materializes the logits (the reference)."""
-    dtypes = _checks.FLOAT_DTYPES + ((torch.float64,) if backend == "torch" else ())
-    _check_linear(hidden, weight, bias, targets, dtypes)
-    _checks.check_scalar("temperature", temperature, positive=True, allow_none=False)
-    _check_chunk(chunk_tokens)
-    backend = _backend.resolve(backend, hidden, "hidden")
-    with torch.no_grad():
-        if backend == "torch":
-            if _checks.data_checks_enabled():
-                _checks.check_targets_range("targets", targets, weight.shape[0])
-            return fused_linear_logprobs_ref(hidden, weight, targets, temperature=temperature,
-                                             with_entropy=with_entropy, bias=bias)
-        H = hidden.shape[-1]
-        chunk = plan_chunk(targets.numel(), H, weight.shape[0], chunk_tokens, cuda=hidden.is_cuda)
-        logp, ent = _logprobs_op(hidden.detach(), weight.detach(), None if bias is None else bias.detach(),
-                                 targets.to(torch.int64).contiguous(), float(temperature), bool(with_entropy), chunk,
-                                 backend)
-    return (logp, ent) if with_entropy else logp
