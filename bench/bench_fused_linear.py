@@ -5,15 +5,19 @@ matmul ceiling, and peak extra memory measured in a fresh process per provider.
 
     python -m bench.bench_fused_linear [--quick] [--threads N] [--device cpu|cuda] [--shapes NxHxV,...]
                                        [--dtype fp32|bf16] [--providers cpu,cpu-vocab,torch,compile,liger]
-                                       [--chunk-tokens C] [--reps R] [--warmup W] [--no-memory] [--out CSV]
+                                       [--chunk-tokens C] [--ratio-level token|sequence] [--reps R]
+                                       [--warmup W] [--no-memory] [--out CSV]
 
 Shapes (N = B sequences x T = 256 tokens): CPU (N=4096, H=512, V=32000) fp32; CUDA (N=16384, H=4096,
 V=151936) bf16; --quick: CPU (1024, 256, 32000), CUDA (4096, 4096, 151936). Loss: LossConfig() (token_mean,
-clip 0.2, beta 0) with old logprobs near the current ones. Rows are appended to
+clip 0.2, beta 0) with old logprobs near the current ones; --ratio-level sequence: GSPO's sequence-level
+ratio (clip 0.2 as above, so that no sequence's ratio clips and every row has a gradient to compute; the
+shape column gets ",ratio=sequence"; Liger is left out), where the tokens schedule also recomputes the
+logits (8 N H V, as the vocab schedule). Rows are appended to
 bench/results/bench_fused_linear.csv (schema of bench/common.py: one row per provider and metric).
 
-Providers: cpu / cuda / triton are our op with schedule="tokens" on that backend; cpu-vocab / cuda-vocab /
-triton-vocab the same with schedule="vocab" (the backward recomputes the logits per vocabulary block: no
+Providers: cpu / cuda / triton are our op with schedule="tokens" on that backend (the "auto" default picks
+it for token-level ratios); cpu-vocab / cuda-vocab / triton-vocab the same with schedule="vocab" (the backward recomputes the logits per vocabulary block: no
 (V, H) fp32 dW accumulator; its chunk is plan_chunk without the CUDA floor, its backward tile
 plan_vocab_blocks(N, V, chunk)).
 
@@ -52,7 +56,7 @@ FULL_SHAPES = {"cpu": [(4096, 512, 32000)], "cuda": [(16384, 4096, 151936)]}
 QUICK_SHAPES = {"cpu": [(1024, 256, 32000)], "cuda": [(4096, 4096, 151936)]}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DEFAULT_DTYPE = {"cpu": "fp32", "cuda": "bf16"}
-CONFIG = LossConfig()
+CONFIGS = {"token": LossConfig(), "sequence": LossConfig(ratio_level="sequence")}
 
 
 def flops(N: int, H: int, V: int) -> int:
@@ -84,8 +88,9 @@ def make_batch(N: int, H: int, V: int, dtype, device, seed: int = 0) -> dict:
                 old_logp=old, B=B, T=T)
 
 
-def make_fns(names, batch, chunk_tokens, device) -> dict:
+def make_fns(names, batch, chunk_tokens, device, ratio_level="token") -> dict:
     """name -> f(hidden, weight) -> loss () for the requested providers."""
+    CONFIG = CONFIGS[ratio_level]
     t, m, a, old = batch["targets"], batch["mask"], batch["advantages"], batch["old_logp"]
     fns = {}
     for name in names:
@@ -149,7 +154,7 @@ def measure_memory_child(a) -> dict:
     """In the child process: peak extra bytes of one forward+backward of provider `a.memory_child`."""
     N, H, V = a.shapes[0]
     batch = make_batch(N, H, V, a.dtype, a.device)
-    f = make_fns([a.memory_child], batch, a.chunk_tokens, a.device)[a.memory_child]
+    f = make_fns([a.memory_child], batch, a.chunk_tokens, a.device, a.ratio_level)[a.memory_child]
     step(f, batch)  # warm-up (and compile)
     common.free_memory(a.device)
     out_bytes = (batch["hidden"].numel() + batch["weight"].numel()) * batch["hidden"].element_size()
@@ -182,7 +187,7 @@ def peak_memory(a, name, shape) -> float:
     """Runs the memory child for one provider in a fresh process; extra bytes (NaN on failure)."""
     N, H, V = shape
     cmd = [sys.executable, "-m", "bench.bench_fused_linear", "--memory-child", name, "--shapes", f"{N}x{H}x{V}",
-           "--dtype", a.dtype_name, "--device", a.device, "--threads", str(a.threads)]
+           "--dtype", a.dtype_name, "--device", a.device, "--threads", str(a.threads), "--ratio-level", a.ratio_level]
     if a.chunk_tokens:
         cmd += ["--chunk-tokens", str(a.chunk_tokens)]
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", THP_MEM_ALLOC_ENABLE="0")
@@ -199,11 +204,12 @@ def run_case(a, shape, sink):
     batch = make_batch(N, H, V, a.dtype, a.device)
     chunk = plan_chunk(N, H, V, a.chunk_tokens, cuda=common.is_cuda(a.device))
     shape_s = f"N={N},H={H},V={V},B={batch['B']},T={batch['T']},chunk={chunk}"
+    shape_s += ",ratio=sequence" if a.ratio_level == "sequence" else ""
     gpu = common.is_cuda(a.device)
     unit, scale = ("TFLOP/s", 1e12) if gpu else ("GFLOP/s", 1e9)
     ceil = matmul_ceiling(batch, a.device, max(3, a.reps // 2))
     sink.add("matmul", "torch", "torch", a.dtype, shape_s, "throughput", unit, *[c / scale for c in ceil])
-    fns, errors, diffs = check_and_warm(make_fns(a.providers, batch, a.chunk_tokens, a.device), batch)
+    fns, errors, diffs = check_and_warm(make_fns(a.providers, batch, a.chunk_tokens, a.device, a.ratio_level), batch)
     runs = {k: (lambda f=f: step(f, batch)) for k, f in fns.items()}
     meter = common.LoadMeter()
     times = common.interleaved(runs, a.device, a.reps, max(0, a.warmup - 1)) if runs else {}
@@ -259,6 +265,8 @@ def parse_args(argv=None):
                                                      "compile, liger (default: ours in both schedules, torch, "
                                                      "compile, and liger when importable)")
     p.add_argument("--chunk-tokens", type=int, default=None, help="override the default chunk rule")
+    p.add_argument("--ratio-level", default="token", choices=list(CONFIGS), help="the loss's ratio level "
+                   "(sequence: GSPO)")
     p.add_argument("--reps", type=int, default=None, help="timed rounds (default 7, quick 3)")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls per provider (the first one checks)")
     p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the per-provider memory runs")
@@ -275,6 +283,8 @@ def parse_args(argv=None):
     ours += [f"{name}-vocab" for name in ours]
     a.providers = (a.providers.split(",") if a.providers
                    else ours + ["torch", "compile"] + (["liger"] if liger_loss_cls() is not None else []))
+    if a.ratio_level == "sequence":
+        a.providers = [name for name in a.providers if name != "liger"]
     for name in a.providers:
         if name not in BACKEND_OF:
             p.error(f"--providers: unknown {name!r}; expected some of {', '.join(BACKEND_OF)}")

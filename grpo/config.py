@@ -115,9 +115,10 @@ class TrainConfig:
     device: str = "auto"              # auto | cpu | cuda
     backend: str = "auto"             # kernel backend for grpo.ops
     chunk_tokens: Optional[int] = None  # fused linear loss chunk (None: its rule)
-    fused_schedule: str = "tokens"    # tokens | vocab: fused linear loss gradients built in the forward over token
-                                      # chunks (6 NHV FLOPs, fp32 (V, H) dW accumulator for bf16), or recomputed in
-                                      # the backward per vocabulary block (8 NHV FLOPs, no (V, H) fp32 buffer)
+    fused_schedule: str = "auto"      # auto | tokens | vocab: fused linear loss gradients built in the forward over
+                                      # token chunks (6 NHV FLOPs, fp32 (V, H) dW accumulator for bf16), or
+                                      # recomputed in the backward per vocabulary block (8 NHV FLOPs, no (V, H) fp32
+                                      # buffer); auto: vocab for sequence-level ratios (8 NHV either way), else tokens
     layout: str = "auto"              # auto | padded | packed | shared_prefix (auto: packed under flash-attn,
                                       # else shared_prefix: a group's prompt runs once; padded with checkpointing)
 
@@ -346,7 +347,8 @@ def validate(cfg: Config) -> None:
     need(t.token_budget >= 16, "train.token_budget", "an int >= 16", t.token_budget)
     need(t.device in ("auto", "cpu", "cuda"), "train.device", "auto | cpu | cuda", t.device)
     from .ops.fused_linear import SCHEDULES as FUSED_SCHEDULES
-    need(t.fused_schedule in FUSED_SCHEDULES, "train.fused_schedule", " | ".join(FUSED_SCHEDULES), t.fused_schedule)
+    need(t.fused_schedule in ("auto", *FUSED_SCHEDULES), "train.fused_schedule", " | ".join(("auto", *FUSED_SCHEDULES)),
+         t.fused_schedule)
     from .policy import LAYOUTS
     need(t.layout in ("auto", *LAYOUTS), "train.layout", " | ".join(("auto", *LAYOUTS)), t.layout)
     need(not (t.layout == "shared_prefix" and cfg.model.gradient_checkpointing), "train.layout",

@@ -289,7 +289,7 @@ def _autocast(device_type):
 
 
 def loss_on_micro_batch(model, batch: Batch, idx: list[int], *, config: ops.LossConfig, num_tokens, num_sequences,
-                        layout: str, backend: str = "auto", chunk_tokens=None, autocast=None, schedule="tokens"):
+                        layout: str, backend: str = "auto", chunk_tokens=None, autocast=None, schedule="auto"):
     """The fused linear + GRPO loss of one micro-batch (differentiable in the model), normalised by the
     global counts so that summing the micro-batches' gradients gives the whole batch's gradient.
     Returns (LossOutput, tokens in this micro-batch)."""

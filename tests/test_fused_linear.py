@@ -45,7 +45,9 @@ def make_inputs(B, T, H, V, dtype, config, *, bias=False, on_policy=False, chunk
 
 def run(inp, config, g, backend, dtype=None, **kw):
     """Forward + backward with upstream gradient g -> (loss, dhidden, dweight, dbias or None, metrics);
-    dtype=float64 upcasts every floating input (the fp64 reference)."""
+    dtype=float64 upcasts every floating input (the fp64 reference). schedule="tokens" unless given (this
+    file tests that schedule; "auto" would pick "vocab" for the sequence-level configs: test_fused_linear_vocab)."""
+    kw.setdefault("schedule", "tokens")
     cast = (lambda t: t if t is None or not t.is_floating_point() else t.to(dtype)) if dtype else (lambda t: t)
     leaf = lambda t: None if t is None else cast(t).detach().clone().requires_grad_()  # noqa: E731
     h, w, b = leaf(inp["hidden"]), leaf(inp["weight"]), leaf(inp["bias"])
@@ -219,7 +221,8 @@ def test_no_grad_frozen_weight_and_retain_graph(seed):
     with torch.no_grad():
         l0 = ops.fused_linear_grpo_loss(*a, old_logp=inp["old_logp"], config=CONFIGS["gspo"]).loss
     h = inp["hidden"].clone().requires_grad_()  # weight frozen: only dhidden is computed
-    out = ops.fused_linear_grpo_loss(h, *a[1:], old_logp=inp["old_logp"], config=CONFIGS["gspo"], chunk_tokens=4)
+    out = ops.fused_linear_grpo_loss(h, *a[1:], old_logp=inp["old_logp"], config=CONFIGS["gspo"], chunk_tokens=4,
+                                     schedule="tokens")
     torch.testing.assert_close(out.loss, l0)
     out.loss.backward(retain_graph=True)
     assert h.grad is not None and inp["weight"].grad is None

@@ -12,6 +12,7 @@ import torch
 from conftest import has_cuda
 from grpo import ops
 from grpo.ops import LossConfig
+from grpo.ops.fused_linear import resolve_schedule
 from grpo.ops.fused_linear_vocab import VOCAB_MULTIPLE, plan_vocab_blocks
 from grpo.ops.logprobs import launch_logprobs, launch_softmax_grad
 from test_fused_linear import check_against_reference, make_inputs, run
@@ -136,6 +137,20 @@ def test_compile_fullgraph_and_opcheck(seed):
     stats = torch.randn(N, 2)
     args = (torch.tensor(0.5), hidden, weight, torch.randn(V), targets, stats, g, 0.9, 3, True, True, True, "cpu")
     torch.library.opcheck(torch.ops.grpo.fused_linear_grpo_loss_vocab_backward.default, args)
+
+
+@pytest.mark.parametrize("name", ["default", "gspo", "is_seq_truncate", "is_seq_mask_gspo", "clip_higher_dual"])
+def test_auto_schedule(seed, name):
+    """"auto" (the default) is "vocab" for sequence-level ratios / IS weights and "tokens" otherwise: the same
+    numbers as that schedule, bit for bit."""
+    config = CONFIGS[name]
+    assert resolve_schedule("auto", config) == ("tokens" if config.tokenwise else "vocab")
+    assert resolve_schedule("tokens", config) == "tokens" and resolve_schedule("vocab", config) == "vocab"
+    inp = make_inputs(2, 5, 8, 67, torch.float32, config, bias=True)
+    auto = run(inp, config, 0.8, "cpu", chunk_tokens=2, schedule="auto")
+    chosen = run(inp, config, 0.8, "cpu", chunk_tokens=2, schedule=resolve_schedule("auto", config))
+    for a, b in zip(auto[:4], chosen[:4]):
+        assert torch.equal(a, b)
 
 
 def test_unknown_schedule_raises():
