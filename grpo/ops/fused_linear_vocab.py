@@ -68,6 +68,14 @@ def _tile_logits(h, w, b, buf):
     return torch.mm(h, w.t(), out=out) if b is None else torch.addmm(b, h, w.t(), out=out)
 
 
+def _fp32_gemm(a, b, out, accumulate):
+    """out (m, n) fp32 (+)= a (m, k) @ b (k, n), a and b in the input dtype."""
+    if accumulate:
+        _addmm_fp32(out, a, b)
+    else:
+        _mm_fp32_out(a, b, out)
+
+
 def launch_vocab_backward(h2d, weight, bias, t1d, stats, g, temperature, chunk, need, backend="cpu"):
     """h2d (N, H), weight (V, H), bias (V,) or None in the input dtype; t1d (N,) int64; stats (N, 2) and
     g (N,) = g_out * dLoss/dlogp, fp32; need = (dhidden, dweight, dbias) wanted.
@@ -92,10 +100,10 @@ def launch_vocab_backward(h2d, weight, bias, t1d, stats, g, temperature, chunk, 
             if exact_db:
                 _exact_bias_grad(db[v0:v1], lg, t, stats[s:e], g[s:e], temperature)
             launch_softmax_grad(lg, t, stats[s:e], None, g[s:e], None, temperature, out=lg, backend=backend)
-            if dh is not None:
-                (_mm_fp32_out(lg, w, dh[s:e]) if v0 == 0 else _addmm_fp32(dh[s:e], lg, w))
+            if dh is not None:  # the first block writes the fp32 sums, the others add to them
+                _fp32_gemm(lg, w, dh[s:e], accumulate=v0 > 0)
             if acc is not None:
-                (_mm_fp32_out(lg.t(), h2d[s:e], acc) if s == 0 else _addmm_fp32(acc, lg.t(), h2d[s:e]))
+                _fp32_gemm(lg.t(), h2d[s:e], acc, accumulate=s > 0)
             if db is not None and not exact_db:
                 db[v0:v1] += lg.sum(0, dtype=torch.float32)
         if acc is not None and lowp:
