@@ -10,7 +10,8 @@ Files written next to the trace: top_kernels.txt (torch.profiler's table, sorted
 GPU, self CPU time on CPU), top_kernels.json (the same rows, structured), phases.json (seconds per phase
 range read back from the trace). Our ops are torch.library custom ops, so they appear in the trace and the
 table under their registered names (grpo::grpo_loss, grpo::fused_linear_grpo_loss, grpo::token_logprobs,
-grpo::softmax_grad, grpo::group_advantages, grpo::fused_linear_logprobs).
+grpo::softmax_grad, grpo::group_advantages, grpo::fused_linear_logprobs, and the vocab schedule's backward
+grpo::fused_linear_grpo_loss_vocab_backward).
 Open the trace in https://ui.perfetto.dev or chrome://tracing.
 """
 from __future__ import annotations
