@@ -1,7 +1,7 @@
 """fused_linear_grpo_loss(schedule="vocab"): the forward keeps O(N) vectors, the backward recomputes the logits
 per vocabulary block (grpo/ops/fused_linear_vocab.py). Against the reference by the numerics rule of DESIGN.md
 section 5 (the helpers of test_fused_linear: the fp64 reference on the op's own dtype-d logits), for every
-LossConfig, fp32 and bf16, with and without bias, tiles whose vocabulary blocks and token chunks do not divide
+LossConfig, fp32 and bf16 (fp16 on the odd shapes), with and without bias, tiles whose vocabulary blocks and token chunks do not divide
 V and N; the softmax-gradient kernels on a block of columns (targets shifted out of range) against the slice of
 the full-row gradient, every backend of the machine; the block rule; compile, opcheck and retain_graph."""
 import os
@@ -15,7 +15,7 @@ from grpo.ops import LossConfig
 from grpo.ops.fused_linear import resolve_schedule
 from grpo.ops.fused_linear_vocab import VOCAB_MULTIPLE, plan_vocab_blocks
 from grpo.ops.logprobs import launch_logprobs, launch_softmax_grad
-from test_fused_linear import check_against_reference, make_inputs, run
+from test_fused_linear import ALL_DTYPES, check_against_reference, make_inputs, run
 from test_loss import CONFIGS
 
 DTYPES = [torch.float32, torch.bfloat16]
@@ -47,7 +47,7 @@ def test_matches_reference(seed, name, dtype, chunk, bias):
         torch.testing.assert_close(ours[4][k], v, rtol=0, atol=0, equal_nan=True, msg=k)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
 @pytest.mark.parametrize("shape", [(2, 3, 8, 1), (1, 1, 8, 7), (1, 3, 16, 4097), (3, 1, 16, 9)])
 @pytest.mark.parametrize("name", ["default", "k2_seqmean", "is_seq_mask_gspo"])
 def test_odd_shapes(seed, name, shape, dtype):
@@ -57,12 +57,12 @@ def test_odd_shapes(seed, name, shape, dtype):
 
 
 @pytest.mark.parametrize("backend", backends())
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
 def test_softmax_grad_on_a_block_of_columns(seed, backend, dtype):
     """dlogits of columns [v0, v1) with targets shifted by v0 (so outside [0, v1 - v0) for the rows whose target
     is elsewhere, below or above) equal those columns of the full-row gradient, in place too. Not bit for bit: a
     column can fall in a vector of the row and in the block's scalar tail (C++), whose exp differs by up to
-    ~8 fp32 ulp (measured); so 16 ulp in fp32, 2 in bf16. A misplaced one-hot column would be off by |g| / T."""
+    ~8 fp32 ulp (measured); so 16 ulp in fp32, 2 in bf16 / fp16. A misplaced one-hot column would be off by |g| / T."""
     dev = "cuda" if backend in ("cuda", "triton") and has_cuda() else "cpu"
     N, V, T = 9, 300, 0.7
     logits = (torch.randn(N, V, device=dev) * 3).to(dtype)
