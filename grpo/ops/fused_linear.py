@@ -1,7 +1,7 @@
-"""fused_linear_grpo_loss: lm_head matmul + GRPO loss + its gradients, chunked over tokens so no [N, V]
-logits tensor ever exists; fused_linear_logprobs: the no-grad logprob (+ entropy) pass, same chunking.
+"""fused_linear_grpo_loss: lm_head matmul + GRPO loss + its gradients, chunked so no [N, V] logits tensor
+ever exists (the no-grad logprob pass, fused_linear_logprobs, is in fused_linear_logprobs.py).
 
-The "tokens" schedule (the default), per chunk of tokens: logits = h_chunk @ W^T (+ b) in the input dtype
+The "tokens" schedule (the default for token-level ratios), per chunk of tokens: logits = h_chunk @ W^T (+ b) in the input dtype
 (fp32 accumulation inside the GEMM), the loss kernel turns them into dlogits in place, then
 dhidden_chunk = dlogits @ W and dW += dlogits^T @ h (db += sum of dlogits rows). All of it runs in the
 forward; the backward only scales the saved gradients by the upstream gradient, in place where the dtype
