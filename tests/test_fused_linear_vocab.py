@@ -113,6 +113,30 @@ def test_retain_graph_and_accumulation(seed):
     assert out.loss.item() == 0.0 and torch.count_nonzero(h.grad) == 0 and torch.count_nonzero(w.grad) == 0
 
 
+@pytest.mark.parametrize("wants", [(True, False, False), (False, True, True), (False, False, True), (False,) * 3])
+def test_partial_gradients(seed, wants):
+    """Only the wanted gradients are computed (frozen hidden / weight / bias, or none under no_grad), and
+    they agree with the tokens schedule's."""
+    config = CONFIGS["k3_beta"]
+    inp = make_inputs(2, 7, 16, 150, torch.float32, config, bias=True)
+    res = {}
+    for schedule in ("tokens", "vocab"):
+        h, w, b = (inp[k].clone().requires_grad_(want) for k, want in zip(("hidden", "weight", "bias"), wants))
+        with torch.set_grad_enabled(any(wants)):
+            out = ops.fused_linear_grpo_loss(h, w, inp["targets"], inp["mask"], inp["advantages"], bias=b,
+                                             old_logp=inp["old_logp"], ref_logp=inp["ref_logp"], config=config,
+                                             chunk_tokens=3, schedule=schedule)
+        assert out.loss.requires_grad == any(wants)
+        if any(wants):
+            out.loss.backward()
+        res[schedule] = (out.loss.detach(), h.grad, w.grad, b.grad)
+    for x, y, want in zip(res["vocab"][1:], res["tokens"][1:], wants):
+        assert (x is not None) == want and (y is not None) == want
+        if want:
+            torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-7)
+    assert torch.equal(res["vocab"][0], res["tokens"][0])
+
+
 def _step(hidden, weight, targets, mask, adv, old):
     out = ops.fused_linear_grpo_loss(hidden, weight, targets, mask, adv, old_logp=old, config=LossConfig(beta=0.0),
                                      chunk_tokens=2, backend="cpu", schedule="vocab")
