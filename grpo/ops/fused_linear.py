@@ -87,11 +87,11 @@ def _addmm_fp32(acc, a, b):
     """acc (m, n) fp32 += a (m, k) @ b (k, n), a and b in the input dtype (dW += dl^T h: a = dl^T). fp32 data:
     one in-place addmm. Low precision on CUDA: the GEMM in the input dtype straight into the fp32 accumulator
     (addmm out_dtype); where torch lacks it, a GEMM in the input dtype whose (m, n) result is added in fp32.
-    On CPU (no out_dtype kernel) a and b are upcast: the products of bf16 numbers are exact in fp32, so this
-    only costs time."""
-    if a.dtype == torch.float32:
-        acc.addmm_(a, b)
-    elif a.is_cuda:
+    On CPU (no out_dtype kernel) a and b are upcast (a may already be fp32: _grad_rows): the products of bf16
+    numbers are exact in fp32, so this only costs time."""
+    if a.dtype == torch.float32 or not a.is_cuda:
+        acc.addmm_(a.float(), b.float())  # .float() of an fp32 tensor is the tensor itself
+    else:
         if _ADDMM_OUT_DTYPE["ok"] is not False:
             try:
                 torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
@@ -100,16 +100,14 @@ def _addmm_fp32(acc, a, b):
             except (RuntimeError, TypeError, NotImplementedError):
                 _ADDMM_OUT_DTYPE["ok"] = False
         acc.add_(torch.mm(a, b))
-    else:
-        acc.addmm_(a.float(), b.float())
 
 
 def _mm_fp32_out(a, b, out, k_block=8192):
     """out (m, n) fp32 = a (m, k) @ b (k, n), a and b in the input dtype, fp32 output (no rounding to the
     input dtype: the backward's scaling then rounds once). CUDA low precision: the GEMM in the input dtype
     with an fp32 output (mm out_dtype); CPU low precision: fp32 GEMMs on k-blocks upcast on the fly (exact
-    products; the transient is k_block * (m + n) floats, not a copy of b)."""
-    if a.dtype == torch.float32:
+    products; the transient is k_block * (m + n) floats, not a copy of b; a may already be fp32)."""
+    if a.dtype == b.dtype == torch.float32:
         torch.mm(a, b, out=out)
     elif a.is_cuda:
         try:
@@ -120,6 +118,22 @@ def _mm_fp32_out(a, b, out, k_block=8192):
         out.zero_()
         for k0 in range(0, a.shape[1], k_block):
             out.addmm_(a[:, k0:k0 + k_block].float(), b[k0:k0 + k_block].float())
+
+
+def _fp32_grad_rows(lg) -> bool:
+    """Whether a chunk's dlogits go to an fp32 copy rather than in place in the input dtype: low precision on
+    CPU. There the gradient GEMMs run in fp32 anyway (torch's CPU build has no bf16-in, fp32-out GEMM, so
+    their inputs are upcast), and rounding dlogits to bf16 first only adds an error torch's one rounding of
+    g * dlogits does not have (bf16 dW / dhidden then failed the numerics rule in ~3 of 1000 draws at small
+    shapes). On CUDA the GEMMs read bf16 dlogits (tensor cores), written in place."""
+    return lg.dtype != torch.float32 and not lg.is_cuda
+
+
+def _grad_rows(lg, t, stats, g, temperature, backend):
+    """The chunk's dlogits from its logits lg (n, V), row stats (n, 2) and g (n,): in place in lg, or (where
+    _fp32_grad_rows) into an fp32 copy of lg (the upcast is exact: the kernel sees the same values)."""
+    out = lg.float() if _fp32_grad_rows(lg) else lg
+    return launch_softmax_grad(out, t, stats, None, g, None, temperature, out=out, backend=backend)
 
 
 def _chunk_backward(dl, h2d, weight, s, e, grads, db_done=False):
@@ -153,7 +167,8 @@ def _exact_bias_grad(db, lg, t, stats, g, temperature):
 
 
 def _needs_exact_db(grads, lg):
-    return grads[2] is not None and lg.dtype != torch.float32
+    """Low-precision bias gradient from rounded dlogits (CUDA): _exact_bias_grad sums it in fp32 first."""
+    return grads[2] is not None and lg.dtype != torch.float32 and not _fp32_grad_rows(lg)
 
 
 def _tokenwise_sweep(h2d, weight, bias, t1d, m, coef, adv, old, ref, samp, config, chunk, grads, out, backend,
@@ -169,22 +184,25 @@ def _tokenwise_sweep(h2d, weight, bias, t1d, m, coef, adv, old, ref, samp, confi
     want_grad = any(x is not None for x in grads)
     buf = torch.empty(min(chunk, N), weight.shape[0], dtype=h2d.dtype, device=h2d.device)
     exact_db = _needs_exact_db(grads, buf)
+    # exact_db: the bias gradient reads the logits after the head gave g, so dlogits come in a second pass;
+    # so do fp32 dlogits of low-precision logits (_fp32_grad_rows)
+    in_place = want_grad and not exact_db and not _fp32_grad_rows(buf)
     for s, e in chunk_bounds(N, chunk):
         lg = _chunk_logits(h2d, weight, bias, s, e, buf)
-        # exact_db: the bias gradient reads the logits after the head gave g, so dlogits come in a second pass
         tl, lp, en, st, g = launch_loss(lg, t1d[s:e], col(m, s, e), col(coef, s, e), adv_tok[s:e], col(old, s, e),
                                         col(ref, s, e), col(samp, s, e), config,
-                                        dlogits=lg if want_grad and not exact_db else None, backend=backend)
+                                        dlogits=lg if in_place else None, backend=backend)
         tok_loss[s:e], logp[s:e] = tl, lp
         if ent is not None:
             ent[s:e] = en
         if keep is not None:
             keep[0][s:e], keep[1][s:e] = st, g
-        if exact_db:  # implies want_grad (the bias gradient is wanted)
+        if not want_grad:
+            continue
+        if exact_db:
             _exact_bias_grad(grads[2], lg, t1d[s:e], st, g, config.temperature)
-            launch_softmax_grad(lg, t1d[s:e], st, None, g, None, config.temperature, out=lg, backend=backend)
-        if want_grad:
-            _chunk_backward(lg, h2d, weight, s, e, grads, db_done=exact_db)
+        dl = lg if in_place else _grad_rows(lg, t1d[s:e], st, g, config.temperature, backend)
+        _chunk_backward(dl, h2d, weight, s, e, grads, db_done=exact_db)
 
 
 def _sequence_forward(h2d, weight, bias, t1d, m, coef, adv, old, ref, samp, config, chunk, out, backend,
@@ -225,9 +243,8 @@ def _sequence_sweeps(h2d, weight, bias, t1d, m, coef, adv, old, ref, samp, confi
         lg = _chunk_logits(h2d, weight, bias, s, e, buf)
         if exact_db:
             _exact_bias_grad(grads[2], lg, t1d[s:e], stats[s:e], g[s:e], config.temperature)
-        launch_softmax_grad(lg, t1d[s:e], stats[s:e], None, g[s:e], None, config.temperature, out=lg,
-                            backend=backend)
-        _chunk_backward(lg, h2d, weight, s, e, grads, db_done=exact_db)
+        dl = _grad_rows(lg, t1d[s:e], stats[s:e], g[s:e], config.temperature, backend)
+        _chunk_backward(dl, h2d, weight, s, e, grads, db_done=exact_db)
 
 
 def launch_fused_linear_loss(h2d, weight, bias, t1d, m, coef, adv, old, ref, samp, config: LossConfig, chunk: int,

@@ -24,9 +24,8 @@ from __future__ import annotations
 
 import torch
 
-from .fused_linear import (SCHEDULES, Schedule, _addmm_fp32, _exact_bias_grad, _mm_fp32_out, _sequence_forward,
-                           _tokenwise_sweep, chunk_bounds)
-from .logprobs import launch_softmax_grad
+from .fused_linear import (SCHEDULES, Schedule, _addmm_fp32, _exact_bias_grad, _fp32_grad_rows, _grad_rows,
+                           _mm_fp32_out, _sequence_forward, _tokenwise_sweep, chunk_bounds)
 
 VOCAB_MULTIPLE = 64  # block widths come in multiples of 64 columns (GEMM tiles, vector rows)
 
@@ -89,8 +88,8 @@ def launch_vocab_backward(h2d, weight, bias, t1d, stats, g, temperature, chunk, 
     dW = (torch.zeros if N == 0 else torch.empty)(V, H, dtype=weight.dtype, device=weight.device) if need[1] else None
     dW_acc = torch.empty(vb, H, **f32) if need[1] and lowp else None  # one block's fp32 sums
     db = torch.zeros(V, **f32) if need[2] and bias is not None else None
-    exact_db = db is not None and lowp
     buf = torch.empty(min(nc, N) * vb, dtype=h2d.dtype, device=h2d.device)
+    exact_db = db is not None and lowp and not _fp32_grad_rows(buf)  # rounded dlogits: sum db from the logits
     for v0, v1 in chunk_bounds(V, vb):
         w, b = weight[v0:v1], None if bias is None else bias[v0:v1]
         acc = None if dW is None else (dW_acc[: v1 - v0] if lowp else dW[v0:v1])
@@ -99,13 +98,13 @@ def launch_vocab_backward(h2d, weight, bias, t1d, stats, g, temperature, chunk, 
             t = t1d[s:e] - v0  # the block's column of each target; outside [0, v1 - v0): not in this block
             if exact_db:
                 _exact_bias_grad(db[v0:v1], lg, t, stats[s:e], g[s:e], temperature)
-            launch_softmax_grad(lg, t, stats[s:e], None, g[s:e], None, temperature, out=lg, backend=backend)
+            dl = _grad_rows(lg, t, stats[s:e], g[s:e], temperature, backend)
             if dh is not None:  # the first block writes the fp32 sums, the others add to them
-                _fp32_gemm(lg, w, dh[s:e], accumulate=v0 > 0)
+                _fp32_gemm(dl, w, dh[s:e], accumulate=v0 > 0)
             if acc is not None:
-                _fp32_gemm(lg.t(), h2d[s:e], acc, accumulate=s > 0)
+                _fp32_gemm(dl.t(), h2d[s:e], acc, accumulate=s > 0)
             if db is not None and not exact_db:
-                db[v0:v1] += lg.sum(0, dtype=torch.float32)
+                db[v0:v1] += dl.sum(0, dtype=torch.float32)
         if acc is not None and lowp:
             dW[v0:v1].copy_(acc)
     return (None if dh is None else dh.to(h2d.dtype), dW, None if db is None else db.to(bias.dtype))
