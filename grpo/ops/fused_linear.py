@@ -298,7 +298,7 @@ def resolve_schedule(name, config: LossConfig) -> str:
     schedule recomputes every chunk's logits too (8 N H V), so the vocab schedule's extra GEMM is gone and
     only its savings remain (no fp32 (V, H) dW accumulator, no per-chunk read-modify-write of it). Measured
     on a 2-core Zen 4 (bench_fused_linear --ratio-level sequence, N=4096, H=512, V=32000): vocab 0.94x the
-    tokens schedule's time in fp32, 0.87x in bf16 with 63 MB extra against 139. Token-level: tokens (6 N H V)."""
+    tokens schedule's time in fp32, 0.97x in bf16 with 87 MB extra against 139. Token-level: tokens (6 N H V)."""
     if name == "auto":
         return "tokens" if config.tokenwise else "vocab"
     get_schedule(name)
