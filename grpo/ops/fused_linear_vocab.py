@@ -13,7 +13,8 @@ Forward: the tokens schedule's sweep without gradients (loss, logp, entropy), ke
 [max, log sum exp] and g = dLoss/dlogp (N,). Backward, with g_out the upstream gradient: per vocabulary block
 [v0, v1) and token chunk [s, e): tile = h[s:e] @ W[v0:v1]^T (+ b[v0:v1]) in the input dtype; dlogits over the
 tile from the saved stats and g * g_out (the softmax-gradient kernel with targets shifted by v0: a target
-outside the block adds no one-hot term; in place, or an fp32 copy for low precision on CPU: _grad_rows); dh[s:e] += tile @ W[v0:v1]; dW[v0:v1] (+)= tile^T @ h[s:e].
+outside the block adds no one-hot term; in place, or an fp32 copy for low precision on CPU: _grad_rows);
+dh[s:e] += tile @ W[v0:v1]; dW[v0:v1] (+)= tile^T @ h[s:e].
 The tile holds the tokens schedule's chunk of logits (chunk * V elements): as many tokens as fit with blocks
 of at least VOCAB_MULTIPLE columns, all N when the budget allows (then dW needs no fp32 accumulator at all
 for fp32 weights, and one block-sized one for low precision).
