@@ -17,9 +17,9 @@ logits (8 N H V, as the vocab schedule). Rows are appended to
 bench/results/bench_fused_linear.csv (schema of bench/common.py: one row per provider and metric).
 
 Providers: cpu / cuda / triton are our op with schedule="tokens" on that backend (the "auto" default picks
-it for token-level ratios); cpu-vocab / cuda-vocab / triton-vocab the same with schedule="vocab" (the backward recomputes the logits per vocabulary block: no
-(V, H) fp32 dW accumulator; its chunk is plan_chunk without the CUDA floor, its backward tile
-plan_vocab_blocks(N, V, chunk)).
+it for token-level ratios); cpu-vocab / cuda-vocab / triton-vocab the same with schedule="vocab" (the
+backward recomputes the logits per vocabulary block: no (V, H) fp32 dW accumulator; its chunk is plan_chunk
+without the CUDA floor, its backward tile plan_vocab_blocks(N, V, chunk)).
 
 FLOPs (written down, used for every provider): flops() = 6 N H V = forward logits GEMM (2 N H V) + dhidden =
 dlogits W (2 N H V) + dW = dlogits^T h (2 N H V); the softmax / loss work, O(N V), is not counted. A
@@ -90,24 +90,24 @@ def make_batch(N: int, H: int, V: int, dtype, device, seed: int = 0) -> dict:
 
 def make_fns(names, batch, chunk_tokens, device, ratio_level="token") -> dict:
     """name -> f(hidden, weight) -> loss () for the requested providers."""
-    CONFIG = CONFIGS[ratio_level]
+    config = CONFIGS[ratio_level]
     t, m, a, old = batch["targets"], batch["mask"], batch["advantages"], batch["old_logp"]
     fns = {}
     for name in names:
         if name in OURS:
             sched = "vocab" if name.endswith("-vocab") else "tokens"
             fns[name] = lambda h, w, b=BACKEND_OF[name], s=sched: ops.fused_linear_grpo_loss(
-                h, w, t, m, a, old_logp=old, config=CONFIG, chunk_tokens=chunk_tokens, backend=b, schedule=s).loss
+                h, w, t, m, a, old_logp=old, config=config, chunk_tokens=chunk_tokens, backend=b, schedule=s).loss
         elif name == "torch":
-            fns[name] = lambda h, w: fused_linear_grpo_loss_ref(h, w, t, m, a, old_logp=old, config=CONFIG).loss
+            fns[name] = lambda h, w: fused_linear_grpo_loss_ref(h, w, t, m, a, old_logp=old, config=config).loss
         elif name == "compile":
             ref = torch.compile(fused_linear_grpo_loss_ref, dynamic=False)
-            fns[name] = lambda h, w, f=ref: f(h, w, t, m, a, old_logp=old, config=CONFIG).loss
+            fns[name] = lambda h, w, f=ref: f(h, w, t, m, a, old_logp=old, config=config).loss
         elif name == "liger":
             cls = liger_loss_cls()
             # token_mean ("bnpo"), no KL, clip 0.2 / 0.2; compiled chunks on GPU, eager on CPU (no C++ build)
-            mod = cls(beta=0.0, use_ref_model=False, loss_type="bnpo", epsilon_low=CONFIG.eps_low,
-                      epsilon_high=CONFIG.eps_high, compiled=common.is_cuda(device))
+            mod = cls(beta=0.0, use_ref_model=False, loss_type="bnpo", epsilon_low=config.eps_low,
+                      epsilon_high=config.eps_high, compiled=common.is_cuda(device))
             fns[name] = lambda h, w, f=mod: f(h, w, t, m.to(torch.int64), a, old_per_token_logps=old)[0]
     return fns
 

@@ -346,9 +346,8 @@ def validate(cfg: Config) -> None:
     need(t.updates_per_rollout >= 1, "train.updates_per_rollout", "an int >= 1", t.updates_per_rollout)
     need(t.token_budget >= 16, "train.token_budget", "an int >= 16", t.token_budget)
     need(t.device in ("auto", "cpu", "cuda"), "train.device", "auto | cpu | cuda", t.device)
-    from .ops.fused_linear import SCHEDULES as FUSED_SCHEDULES
-    need(t.fused_schedule in ("auto", *FUSED_SCHEDULES), "train.fused_schedule", " | ".join(("auto", *FUSED_SCHEDULES)),
-         t.fused_schedule)
+    from .ops.fused_linear import schedule_names
+    need(t.fused_schedule in schedule_names(), "train.fused_schedule", " | ".join(schedule_names()), t.fused_schedule)
     from .policy import LAYOUTS
     need(t.layout in ("auto", *LAYOUTS), "train.layout", " | ".join(("auto", *LAYOUTS)), t.layout)
     need(not (t.layout == "shared_prefix" and cfg.model.gradient_checkpointing), "train.layout",

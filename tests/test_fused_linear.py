@@ -1,7 +1,7 @@
 """fused_linear_grpo_loss / fused_linear_logprobs against the reference on the materialized logits
 (DESIGN.md section 5): values, dhidden, dweight and dbias for every LossConfig, several chunk sizes (ones that
-do not divide N, one token, a single chunk), fp32 and bf16 (fp16 on the odd shapes), with and without bias, tied weights, masked rows,
-torch.compile, and bad inputs. torch_d = the materialized path at dtype d; ref = everything in float64 on
+do not divide N, one token, a single chunk), fp32 and bf16 (fp16 on the odd shapes), with and without bias,
+tied weights, masked rows, torch.compile, and bad inputs. torch_d = the materialized path at dtype d; ref = everything in float64 on
 the logits of the op's own GEMM at dtype d (the op's spec: the logits are an input-dtype GEMM): their values
 are the dtype-d logits, their gradient flows as through the fp64 matmul (straight through the rounding). An
 all-fp64 reference would count the shared bf16 rounding of the logits in both errors, and the rule on the

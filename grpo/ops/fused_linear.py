@@ -1,9 +1,10 @@
 """fused_linear_grpo_loss: lm_head matmul + GRPO loss + its gradients, chunked so no [N, V] logits tensor
 ever exists (the no-grad logprob pass, fused_linear_logprobs, is in fused_linear_logprobs.py).
 
-The "tokens" schedule (the default for token-level ratios), per chunk of tokens: logits = h_chunk @ W^T (+ b) in the input dtype
-(fp32 accumulation inside the GEMM), the loss kernel turns them into dlogits in place, then
-dhidden_chunk = dlogits @ W and dW += dlogits^T @ h (db += sum of dlogits rows). All of it runs in the
+The "tokens" schedule (the default for token-level ratios), per chunk of tokens: logits = h_chunk @ W^T (+ b)
+in the input dtype (fp32 accumulation inside the GEMM), the loss kernel turns them into dlogits (in place;
+an fp32 copy for low precision on CPU: _grad_rows), then dhidden_chunk = dlogits @ W and dW += dlogits^T @ h
+(db += sum of dlogits rows). All of it runs in the
 forward; the backward only scales the saved gradients by the upstream gradient, in place where the dtype
 allows (no copy of dW or dhidden). The "vocab" schedule (fused_linear_vocab.py, registered in SCHEDULES)
 keeps no gradient from the forward and recomputes the logits per vocabulary block in the backward.
@@ -231,7 +232,7 @@ def _sequence_forward(h2d, weight, bias, t1d, m, coef, adv, old, ref, samp, conf
 def _sequence_sweeps(h2d, weight, bias, t1d, m, coef, adv, old, ref, samp, config, chunk, grads, out, backend):
     """Sequence-level ratio / IS weight: a token's gradient needs its whole sequence's logp. Sweep 1:
     _sequence_forward. Sweep 2: recompute each chunk's logits (same GEMM, same shapes: the same values the
-    stats came from) and write dlogits in place from the saved stats and g, then the GEMMs."""
+    stats came from) and write dlogits from the saved stats and g (_grad_rows), then the GEMMs."""
     want_grad = any(x is not None for x in grads)
     buf = torch.empty(min(chunk, m.numel()), weight.shape[0], dtype=h2d.dtype, device=h2d.device)
     stats, g = _sequence_forward(h2d, weight, bias, t1d, m, coef, adv, old, ref, samp, config, chunk, out, backend,
@@ -286,11 +287,16 @@ class Schedule:
 SCHEDULES: dict[str, Schedule] = {}
 
 
+def schedule_names() -> tuple[str, ...]:
+    """What `schedule=` accepts: "auto" (resolve_schedule) and the registered schedules."""
+    return ("auto", *SCHEDULES)
+
+
 def get_schedule(name) -> Schedule:
     try:
         return SCHEDULES[name]
     except (KeyError, TypeError):
-        raise ValueError(f"schedule: expected 'auto' or one of {sorted(SCHEDULES)}, got {name!r}") from None
+        raise ValueError(f"schedule: expected one of {list(schedule_names())}, got {name!r}") from None
 
 
 def resolve_schedule(name, config: LossConfig) -> str:
