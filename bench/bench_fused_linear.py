@@ -19,7 +19,8 @@ bench/results/bench_fused_linear.csv (schema of bench/common.py: one row per pro
 Providers: cpu / cuda / triton are our op with schedule="tokens" on that backend (the "auto" default picks
 it for token-level ratios); cpu-vocab / cuda-vocab / triton-vocab the same with schedule="vocab" (the
 backward recomputes the logits per vocabulary block: no (V, H) fp32 dW accumulator; its chunk is plan_chunk
-without the CUDA floor, its backward tile plan_vocab_blocks(N, V, chunk)).
+without the CUDA floor, its backward tile plan_vocab_blocks(N, V, chunk)); cuda-offchip is cuda with
+GRPO_ROWS_ON_CHIP=0 (on sm_90 the cuda loss holds each chunk row on chip, reading it once; this reads it twice).
 
 FLOPs (written down, used for every provider): flops() = 6 N H V = forward logits GEMM (2 N H V) + dhidden =
 dlogits W (2 N H V) + dW = dlogits^T h (2 N H V); the softmax / loss work, O(N V), is not counted. A
@@ -51,7 +52,8 @@ from grpo.ops.fused_linear import fused_linear_grpo_loss_ref, plan_chunk  # noqa
 SEQ_LEN = 256
 OURS = ("cpu", "cuda", "triton", "cpu-vocab", "cuda-vocab", "triton-vocab")
 BACKEND_OF = {"cpu": "cpu", "cuda": "cuda", "triton": "triton", "cpu-vocab": "cpu", "cuda-vocab": "cuda",
-              "triton-vocab": "triton", "torch": "torch", "compile": "inductor", "liger": "liger"}
+              "triton-vocab": "triton", "cuda-offchip": "cuda", "torch": "torch", "compile": "inductor",
+              "liger": "liger"}
 FULL_SHAPES = {"cpu": [(4096, 512, 32000)], "cuda": [(16384, 4096, 151936)]}
 QUICK_SHAPES = {"cpu": [(1024, 256, 32000)], "cuda": [(4096, 4096, 151936)]}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -98,6 +100,10 @@ def make_fns(names, batch, chunk_tokens, device, ratio_level="token") -> dict:
             sched = "vocab" if name.endswith("-vocab") else "tokens"
             fns[name] = lambda h, w, b=BACKEND_OF[name], s=sched: ops.fused_linear_grpo_loss(
                 h, w, t, m, a, old_logp=old, config=config, chunk_tokens=chunk_tokens, backend=b, schedule=s).loss
+        elif name == "cuda-offchip":  # the tokens schedule with the chunk's rows read twice (GRPO_ROWS_ON_CHIP=0)
+            fns[name] = common.with_env(lambda h, w: ops.fused_linear_grpo_loss(
+                h, w, t, m, a, old_logp=old, config=config, chunk_tokens=chunk_tokens, backend="cuda",
+                schedule="tokens").loss, GRPO_ROWS_ON_CHIP="0")
         elif name == "torch":
             fns[name] = lambda h, w: fused_linear_grpo_loss_ref(h, w, t, m, a, old_logp=old, config=config).loss
         elif name == "compile":
@@ -261,9 +267,9 @@ def parse_args(argv=None):
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--shapes", default=None, help="comma-separated NxHxV")
     p.add_argument("--dtype", default=None, help="fp32, bf16 or fp16 (default: fp32 on CPU, bf16 on CUDA)")
-    p.add_argument("--providers", default=None, help="from cpu, cuda, triton (each also as <name>-vocab), torch, "
-                                                     "compile, liger (default: ours in both schedules, torch, "
-                                                     "compile, and liger when importable)")
+    p.add_argument("--providers", default=None, help="from cpu, cuda, triton (each also as <name>-vocab), "
+                                                     "cuda-offchip, torch, compile, liger (default: ours in both "
+                                                     "schedules, torch, compile, and liger when importable)")
     p.add_argument("--chunk-tokens", type=int, default=None, help="override the default chunk rule")
     p.add_argument("--ratio-level", default="token", choices=list(CONFIGS), help="the loss's ratio level "
                    "(sequence: GSPO)")

@@ -144,6 +144,23 @@ def time_call(fn, device) -> float:
     return time.perf_counter() - t0
 
 
+def with_env(fn, **env):
+    """fn with os.environ updated by `env` during each call: a provider variant chosen by a measurement
+    knob (e.g. GRPO_ROWS_ON_CHIP="0"). The previous values come back after the call."""
+    def call(*args, **kwargs):
+        old = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+    return call
+
+
 def interleaved(fns: dict, device, reps: int, warmup: int = 1) -> dict:
     """Calls every provider `warmup` times, then times `reps` rounds; within a round the providers run
     one after the other (A, B, C, A, B, C, ...), so a drift in the machine's speed hits all of them alike.

@@ -39,10 +39,26 @@ def test_cuda_sources_compile_for_sm90a(tmp_path):
     def compile_one(src):
         cmd = [NVCC, "-c", os.path.join(ROOT, src), "-o", str(tmp_path / (os.path.basename(src) + ".o")), "-O3",
                "-std=c++17", "-gencode", "arch=compute_90a,code=sm_90a", "-Xcompiler", "-fPIC",
-               "-I", os.path.join(ROOT, "csrc"), "-Werror", "all-warnings"]
+               "-I", os.path.join(ROOT, "csrc"), "-Werror", "all-warnings", "-Xptxas", "-v"]
         return src, subprocess.run(cmd, capture_output=True, text=True)
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         for src, res in pool.map(compile_one, sources):
             assert res.returncode == 0, f"nvcc failed on {src}:\n{res.stdout}\n{res.stderr}"
             assert os.path.getsize(tmp_path / (os.path.basename(src) + ".o")) > 0
+            if src.endswith("loss.cu"):
+                _check_rows_on_chip_resources(res.stdout + res.stderr)
+
+
+def _check_rows_on_chip_resources(ptxas_log):
+    """ptxas -v of loss.cu: every rows-on-chip kernel (a row slice held in registers) compiled, with no
+    stack frame or spills; a spill would put the row in local memory, which is DRAM traffic again."""
+    seen, current = 0, None
+    for line in ptxas_log.splitlines():
+        if "Compiling entry function" in line:
+            current = "resident_loss_kernel" in line
+            seen += bool(current)
+        elif current and "bytes stack frame" in line:
+            assert line.strip().startswith("0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads"), line
+    # 3 dtypes x 2 slice sizes x entropy or not x temperature or not
+    assert seen == 24, f"expected 24 rows-on-chip kernels, saw {seen}"

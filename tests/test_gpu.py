@@ -64,10 +64,11 @@ def test_cuda_advantages_match_reference(seed, B, G, scale, estimator):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_cuda_masked_rows_are_not_read(seed, dtype):
+@pytest.mark.parametrize("V", [4097, 4096, 32000])  # 4096 and 32000: rows held on chip on sm_90
+def test_cuda_masked_rows_are_not_read(seed, dtype, V):
     """As tests/test_loss.py: NaN logits in masked rows change neither the loss nor the gradient."""
     config = CONFIGS["k3_beta"]
-    inp = make_inputs(4, 64, 4097, dtype, config)
+    inp = make_inputs(4, 64, V, dtype, config)
     masked = ~inp["mask"]
     poisoned = dict(inp, logits=inp["logits"].masked_fill(masked.unsqueeze(-1), float("nan")))
     for g in (1.0, 0.7):
@@ -77,3 +78,94 @@ def test_cuda_masked_rows_are_not_read(seed, dtype):
         check_rule("loss", kern[0].cpu(), naive[0], ref[0])
         check_rule("dlogits", kern[1].cpu(), naive[1], ref[1], grad=True)
         assert torch.equal(kern[1].cpu()[masked], torch.zeros_like(kern[1].cpu()[masked]))
+
+
+# --- rows held on chip (sm_90 clusters, csrc/cuda/loss.cu resident_loss_kernel) --------------------------
+# Shapes around the kernel's plan: one block a row (4096), clusters of 4 and 8 (32000 bf16 / fp32), the
+# 16-vector slices (65536 fp32, 151936), the largest bf16 row (262144: 8 blocks) and one past it (262152:
+# the other kernel).
+ON_CHIP_SHAPES = [(2, 3, 4096), (1, 5, 32000), (2, 2, 65536), (2, 8, 151936), (1, 3, 262144), (1, 2, 262152)]
+TOKENWISE = [n for n, c in CONFIGS.items() if c.tokenwise]
+
+
+def _on_chip_expected(V, dtype):
+    """The plan written out independently of the launcher: V >= 4096 in whole 16-byte vectors, at most 8
+    blocks of 256 threads holding 4 or 16 vectors each."""
+    per_vec = 16 // torch.empty((), dtype=dtype).element_size()
+    if V < 4096 or V % per_vec or torch.cuda.get_device_capability() < (9, 0):
+        return False
+    return -(-(V // per_vec) // (16 * 256)) <= 8
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", ON_CHIP_SHAPES)
+@pytest.mark.parametrize("name", TOKENWISE)
+@pytest.mark.parametrize("upstream", ["one", "random"])
+def test_cuda_rows_on_chip_match_reference(seed, name, shape, dtype, upstream):
+    from grpo.ops import _backend
+    config = CONFIGS[name]
+    inp = _cuda(make_inputs(*shape, dtype, config))
+    V = shape[-1]
+    assert _backend.rows_on_chip(inp["logits"].view(-1, V)) == _on_chip_expected(V, dtype)
+    g = 1.0 if upstream == "one" else torch.randn(()).item()
+    kern = run_loss(lambda *a, **k: ops.grpo_loss(*a, backend="cuda", **k), inp, config, g)
+    naive = run_loss(grpo_loss_ref, inp, config, g)
+    ref = run_loss(grpo_loss_ref, inp, config, g, dtype=torch.float64)
+    check_rule("loss", kern[0].cpu(), naive[0].cpu(), ref[0].cpu())
+    check_rule("dlogits", kern[1].cpu(), naive[1].cpu(), ref[1].cpu(), grad=True)
+    for k in ("entropy", "kl", "ratio_mean"):
+        if k in ref[2]:
+            check_rule(k, kern[2][k].cpu(), naive[2][k].cpu(), ref[2][k].cpu())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("V", [4096, 32000, 151936])
+def test_cuda_rows_on_chip_in_place_and_off(seed, V, dtype, monkeypatch):
+    """launch_loss with dlogits over the logits themselves (the fused linear op's chunks) gives the bits of a
+    separate buffer; with GRPO_ROWS_ON_CHIP=0 (the row read twice) the same values up to the order of the
+    row sums; logp, stats and g of both paths agree with the fp64 reference's logp."""
+    from grpo.ops.loss import kernel_inputs, launch_loss
+    config = CONFIGS["is_token_truncate"]  # temperature and entropy: the scaled, entropy-keeping kernel
+    inp = _cuda(make_inputs(2, 16, V, dtype, config))
+    m, coef, adv, old, ref, samp = kernel_inputs(inp["mask"], inp["advantages"], inp["old_logp"], inp["ref_logp"],
+                                                 inp["sampling_logp"], config, None, None)
+    rows, t = inp["logits"].view(-1, V), inp["targets"].reshape(-1)
+
+    def run(dl_alias):
+        x = rows.clone()
+        dl = x if dl_alias else torch.empty_like(x)
+        out = launch_loss(x, t, m, coef, adv, old, ref, samp, config, dlogits=dl, backend="cuda")
+        return out, dl
+
+    (sep, dl_sep), (ali, dl_ali) = run(False), run(True)
+    assert torch.equal(dl_sep, dl_ali)
+    for a, b in zip(sep, ali):
+        assert a is None or torch.equal(a, b)
+    monkeypatch.setenv("GRPO_ROWS_ON_CHIP", "0")
+    off, dl_off = run(False)
+    lp64 = token_logprobs_ref(rows.double(), t, temperature=config.temperature).reshape(-1)
+    lp32 = token_logprobs_ref(rows, t, temperature=config.temperature).reshape(-1)
+    keep = m.reshape(-1) > 0
+    for out in (sep, off):
+        check_rule("logp", out[1][keep].cpu(), lp32[keep].cpu(), lp64[keep].cpu())
+    torch.testing.assert_close(dl_sep.float(), dl_off.float(), rtol=2 ** -7, atol=1e-6)
+
+
+def test_cuda_unaligned_rows_take_the_other_kernel(seed):
+    """Rows that start off a 16-byte boundary are not held on chip, and still match the reference."""
+    from grpo.ops import _backend
+    config = CONFIGS["default"]
+    inp = _cuda(make_inputs(2, 4, 32000, torch.bfloat16, config))
+    wide = torch.zeros(2, 4, 32001, dtype=torch.bfloat16, device="cuda", requires_grad=True)
+    with torch.no_grad():
+        wide[..., 1:] = inp["logits"]
+    logits = wide[..., 1:]  # row stride 32001, 2 bytes past the allocation's alignment
+    assert not _backend.rows_on_chip(logits.reshape(-1, 32000))
+    args = dict(old_logp=inp["old_logp"], config=config)
+    loss = ops.grpo_loss(logits, inp["targets"], inp["mask"], inp["advantages"], backend="cuda", **args).loss
+    loss.backward()
+    naive = run_loss(grpo_loss_ref, inp, config, 1.0)
+    ref = run_loss(grpo_loss_ref, inp, config, 1.0, dtype=torch.float64)
+    check_rule("loss", loss.detach().cpu(), naive[0].cpu(), ref[0].cpu())
+    check_rule("dlogits", wide.grad[..., 1:].cpu(), naive[1].cpu(), ref[1].cpu(), grad=True)
+    assert torch.equal(wide.grad[..., 0].cpu(), torch.zeros(2, 4, dtype=torch.bfloat16))

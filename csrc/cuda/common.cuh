@@ -31,22 +31,20 @@ template <> __device__ __forceinline__ __half from_f<__half>(float x) { return _
 // Elements per 16-byte vector.
 template <typename T> struct Vec { static constexpr int kN = 16 / (int)sizeof(T); };
 
-// 16-byte vector load/store; p must be 16-byte aligned. Halves convert a pair per instruction; bf16 is
-// the top half of a float, so its loads are shifts and masks. Stores go through __stwb (the default
-// write-back policy) because a plain vector store next to a scalar fallback, or of constant zeros, is
-// otherwise split into narrower stores by the optimizer.
-__device__ __forceinline__ void load_vec(const float* p, float (&f)[4]) {
-  const float4 v = *reinterpret_cast<const float4*>(p);
-  f[0] = v.x, f[1] = v.y, f[2] = v.z, f[3] = v.w;
+// 16-byte vectors: unpack/pack between the raw 16 bytes and kN floats, and load/store through p (16-byte
+// aligned). Halves convert a pair per instruction; bf16 is the top half of a float, so its unpacking is
+// shifts and masks. Stores go through __stwb (the default write-back policy) because a plain vector store
+// next to a scalar fallback, or of constant zeros, is otherwise split into narrower stores by the optimizer.
+template <typename T> __device__ __forceinline__ void unpack(const uint4& v, float (&f)[Vec<T>::kN]);
+template <> __device__ __forceinline__ void unpack<float>(const uint4& v, float (&f)[4]) {
+  f[0] = __uint_as_float(v.x), f[1] = __uint_as_float(v.y), f[2] = __uint_as_float(v.z), f[3] = __uint_as_float(v.w);
 }
-__device__ __forceinline__ void load_vec(const __nv_bfloat16* p, float (&f)[8]) {
-  const uint4 v = *reinterpret_cast<const uint4*>(p);
+template <> __device__ __forceinline__ void unpack<__nv_bfloat16>(const uint4& v, float (&f)[8]) {
   const uint32_t w[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
   for (int i = 0; i < 4; ++i) f[2 * i] = __uint_as_float(w[i] << 16), f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
 }
-__device__ __forceinline__ void load_vec(const __half* p, float (&f)[8]) {
-  const uint4 v = *reinterpret_cast<const uint4*>(p);
+template <> __device__ __forceinline__ void unpack<__half>(const uint4& v, float (&f)[8]) {
   __half2 h[4];
   memcpy(h, &v, 16);
 #pragma unroll
@@ -55,19 +53,27 @@ __device__ __forceinline__ void load_vec(const __half* p, float (&f)[8]) {
     f[2 * i] = f2.x, f[2 * i + 1] = f2.y;
   }
 }
-__device__ __forceinline__ void store_vec(float* p, const float (&f)[4]) {
-  __stwb(reinterpret_cast<float4*>(p), make_float4(f[0], f[1], f[2], f[3]));
-}
 __device__ __forceinline__ __nv_bfloat162 pack2(__nv_bfloat16*, float a, float b) { return __floats2bfloat162_rn(a, b); }
 __device__ __forceinline__ __half2 pack2(__half*, float a, float b) { return __floats2half2_rn(a, b); }
-template <typename T>  // bf16, fp16
-__device__ __forceinline__ void store_vec(T* p, const float (&f)[8]) {
-  decltype(pack2(p, 0.0f, 0.0f)) h[4];
+template <typename T> __device__ __forceinline__ uint4 pack(const float (&f)[Vec<T>::kN]) {
+  if constexpr (std::is_same_v<T, float>) {
+    return make_uint4(__float_as_uint(f[0]), __float_as_uint(f[1]), __float_as_uint(f[2]), __float_as_uint(f[3]));
+  } else {
+    decltype(pack2((T*)nullptr, 0.0f, 0.0f)) h[4];
 #pragma unroll
-  for (int i = 0; i < 4; ++i) h[i] = pack2(p, f[2 * i], f[2 * i + 1]);
-  uint4 v;
-  memcpy(&v, h, 16);
-  __stwb(reinterpret_cast<uint4*>(p), v);
+    for (int i = 0; i < 4; ++i) h[i] = pack2((T*)nullptr, f[2 * i], f[2 * i + 1]);
+    uint4 v;
+    memcpy(&v, h, 16);
+    return v;
+  }
+}
+template <typename T>
+__device__ __forceinline__ void load_vec(const T* p, float (&f)[Vec<T>::kN]) {
+  unpack<T>(*reinterpret_cast<const uint4*>(p), f);
+}
+template <typename T>
+__device__ __forceinline__ void store_vec(T* p, const float (&f)[Vec<T>::kN]) {
+  __stwb(reinterpret_cast<uint4*>(p), pack<T>(f));
 }
 
 // Elements before the first 16-byte boundary of p (V when p is not even element-aligned: all scalar).
@@ -289,38 +295,59 @@ __device__ __forceinline__ RowStats row_stats(const T* row, int V, int lane, dou
   return row_stats_final(group_merge<kThreads>(st));
 }
 
-// Pass 2, as csrc/cpu/row.h row_grad: a p_j (+ b p_j (log p_j + H)) with a = -g_logp / T, b = -g_ent / T,
-// and g_logp (1 - p_t) / T (+ the same entropy term) at the target, computed once per row from x_t, the
-// target's raw logit, which the caller read before any lane of the group wrote the row. Each element is
-// read and written by the same lane, read first, so out may alias row. Vectors follow row's alignment;
+// Pass 2's arithmetic, as csrc/cpu/row.h row_grad: a p_j (+ b p_j (log p_j + H)) with a = -g_logp / T,
+// b = -g_ent / T, and g_logp (1 - p_t) / T (+ the same entropy term) at the target, computed once per row
+// from x_t, the target's raw logit.
+template <bool kEnt, typename S>
+struct GradRow {
+  S scale;
+  float m, logs, H, a, b, v_t;
+  int target;
+  __device__ __forceinline__ GradRow(int target_, float x_t, float m_, float logs_, float H_, float g_logp,
+                                     float g_ent, double temperature, S scale_)
+      : scale(scale_), m(m_), logs(logs_), H(H_), target(target_) {
+    a = (float)(-(double)g_logp / temperature), b = (float)(-(double)g_ent / temperature);
+    const float zl_t = (scale(x_t) - m) - logs, p_t = exp_row(zl_t);
+    const float v_g = (float)((double)(g_logp * (1.0f - p_t)) / temperature);
+    v_t = kEnt ? v_g + ent(p_t, zl_t) : v_g;
+  }
+  __device__ __forceinline__ float ent(float p, float zl) const {
+    return kEnt ? b * (p > 0.0f ? p * (zl + H) : 0.0f) : 0.0f;
+  }
+  __device__ __forceinline__ float elem(float x) const {
+    const float zl = (scale(x) - m) - logs;  // log p_j; the max comes off first so p keeps its precision
+    const float p = exp_row(zl);
+    return kEnt ? a * p + ent(p, zl) : a * p;
+  }
+  __device__ __forceinline__ float one(int j, float x) const { return j == target ? v_t : elem(x); }
+  // Elements j0 .. j0 + K - 1, in place: logits -> dlogits.
+  template <int K>
+  __device__ __forceinline__ void vec(int j0, float (&x)[K]) const {
+#pragma unroll
+    for (int k = 0; k < K; ++k) x[k] = elem(x[k]);
+    const unsigned off = (unsigned)(target - j0);
+    if (off < (unsigned)K) {  // the target column: rare, and constant indices keep x in registers
+#pragma unroll
+      for (int k = 0; k < K; ++k)
+        if ((unsigned)k == off) x[k] = v_t;
+    }
+  }
+};
+
+// Pass 2 over a row: x_t was read by the caller before any lane of the group wrote the row. Each element
+// is read and written by the same lane, read first, so out may alias row. Vectors follow row's alignment;
 // when out is not 16-byte aligned at the same elements (a different phase) the stores go scalar.
 template <bool kEnt, typename T, int kThreads, typename S>
 __device__ __forceinline__ void row_grad_part(const T* row, T* out, int V, int lane, int target, float x_t,
                                               float m, float logs, float H, float g_logp, float g_ent,
                                               double temperature, S scale) {
   constexpr int kN = Vec<T>::kN;
-  const float a = (float)(-(double)g_logp / temperature), b = (float)(-(double)g_ent / temperature);
-  auto ent = [&](float p, float zl) { return kEnt ? b * (p > 0.0f ? p * (zl + H) : 0.0f) : 0.0f; };
-  auto elem = [&](float x) {
-    const float zl = (scale(x) - m) - logs;  // log p_j; the max comes off first so p keeps its precision
-    const float p = exp_row(zl);
-    return kEnt ? a * p + ent(p, zl) : a * p;
-  };
-  const float zl_t = (scale(x_t) - m) - logs, p_t = exp_row(zl_t);
-  const float v_g = (float)((double)(g_logp * (1.0f - p_t)) / temperature);
-  const float v_t = kEnt ? v_g + ent(p_t, zl_t) : v_g;
+  const GradRow<kEnt, S> gr(target, x_t, m, logs, H, g_logp, g_ent, temperature, scale);
   const bool vec_out = (reinterpret_cast<uintptr_t>(out + head_elems(row, V)) & 15u) == 0;
   walk_row<T, kThreads>(
       row, V, lane,
       [&](int j0, float (&x)[kN]) {
-#pragma unroll
-        for (int k = 0; k < kN; ++k) x[k] = elem(x[k]);
-        const unsigned off = (unsigned)(target - j0);
-        if (off < (unsigned)kN) {  // the target column: rare, and constant indices keep x in registers
-#pragma unroll
-          for (int k = 0; k < kN; ++k)
-            if ((unsigned)k == off) x[k] = v_t;
-        }
+        gr.vec(j0, x);
         if (vec_out) {
           store_vec(out + j0, x);
         } else {
@@ -328,7 +355,7 @@ __device__ __forceinline__ void row_grad_part(const T* row, T* out, int V, int l
           for (int k = 0; k < kN; ++k) out[j0 + k] = from_f<T>(x[k]);
         }
       },
-      [&](int j, float x) { out[j] = from_f<T>(j == target ? v_t : elem(x)); });
+      [&](int j, float x) { out[j] = from_f<T>(gr.one(j, x)); });
 }
 
 // A zero gradient row (g_logp = g_ent = 0, e.g. masked tokens): written without reading the logits.

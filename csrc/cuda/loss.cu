@@ -1,5 +1,10 @@
 // CUDA: the GRPO loss head (per sequence) and the fused token-level loss (per row: statistics, head and,
 // when asked, dlogits in one launch). C++ twin: csrc/cpu/loss.cpp; row passes in common.cuh.
+#include <algorithm>
+#include <map>
+#include <mutex>
+#include <utility>
+
 #include "../params.h"
 #include "common.cuh"
 #include "kernels.h"
@@ -97,6 +102,217 @@ __global__ void __launch_bounds__(Slots<kThreads>::kBlock, Slots<kThreads>::kMin
   }
 }
 
+// The fused loss with each row held on chip (sm_90): a cluster of C blocks per row, each block loads its
+// slice of the row into registers once (kR 16-byte vectors a thread), folds them into the block's
+// statistics, and the blocks exchange those through distributed shared memory. Every block merges the C
+// parts in rank order (the same bits everywhere), runs the token head itself on thread 0 (rank 0 writes the
+// per-token outputs) and writes dlogits for its slice from the registers: one read of the logits and one
+// write of dlogits from and to memory, where the kernel above reads a long row twice (its second read
+// misses L2 once hundreds of 300 KB rows are in flight). Masked rows are neither read nor synchronized.
+// Each element is loaded and stored by the same thread and every store comes after the cluster barrier
+// that follows all loads (and the head's read of the target), so dlogits may alias logits.
+constexpr int kResThreads = 256;
+constexpr int kResMaxCluster = 8;  // the portable cluster size limit
+
+template <typename T, int kR, bool kEnt, bool kScaled>
+__global__ void __launch_bounds__(kResThreads, 2) resident_loss_kernel(const FusedLossParams fp, int per_block) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  constexpr int kN = Vec<T>::kN;
+  using S = std::conditional_t<kScaled, DivScale, NoScale>;
+  const LogprobParams& lp = fp.lp;
+  const LossHeadParams& h = fp.head;
+  const S scale = [&] { if constexpr (kScaled) return DivScale(lp.temperature); else return NoScale{}; }();
+  const unsigned rank = __clusterRelativeBlockRank(), C = __clusterSizeInBlocks();
+  const int nvec = (int)(lp.V / kN);
+  const int v0 = (int)rank * per_block, v1 = min(v0 + per_block, nvec);  // this block's vectors
+  __shared__ RowStats part;  // this block's statistics of the current row, read by every block of the cluster
+  __shared__ float bc[4];    // g, x_t, m, log s: thread 0 to the block
+  bool pending = false;      // an arrive of ours whose wait is still due: the cluster may be reading `part`
+  for (int64_t n = __clusterIdx().x; n < lp.N; n += __clusterGridDimInClusters().x) {
+    const T* row = static_cast<const T*>(lp.logits) + n * lp.row_stride;
+    T* out = static_cast<T*>(fp.dlogits) + n * fp.grad_row_stride;
+    const uint4* src = reinterpret_cast<const uint4*>(row);
+    uint4* dst = reinterpret_cast<uint4*>(out);
+    if (h.mask[n] == 0.0f) {  // masked (coef 0): not read; zeros as the kernel above
+      if (rank == 0 && threadIdx.x == 0) {
+        lp.logp[n] = 0.0f;
+        if (lp.stats) lp.stats[2 * n] = lp.stats[2 * n + 1] = 0.0f;
+        if (lp.entropy) lp.entropy[n] = 0.0f;
+        h.tok_loss[n] = 0.0f;
+        if (h.g_logp) h.g_logp[n] = 0.0f;
+      }
+#pragma unroll
+      for (int k = 0; k < kR; ++k) {
+        const int i = v0 + (int)threadIdx.x + k * kResThreads;
+        if (i < v1) __stcs(dst + i, make_uint4(0u, 0u, 0u, 0u));
+      }
+      continue;
+    }
+    uint4 raw[kR];
+#pragma unroll
+    for (int k = 0; k < kR; ++k) {  // all loads in flight at once: the row is read here and never again
+      const int i = v0 + (int)threadIdx.x + k * kResThreads;
+      if (i < v1) raw[k] = __ldcs(src + i);
+    }
+    const int64_t target = lp.targets[n];
+    float x_t = 0.0f, old = 0.0f, ref = 0.0f, samp = 0.0f, A = 0.0f, coef = 0.0f;
+    if (threadIdx.x == 0) {
+      x_t = to_f(row[target]);
+      if (h.old_logp) old = h.old_logp[n];
+      if (h.ref_logp) ref = h.ref_logp[n];
+      if (h.sampling_logp) samp = h.sampling_logp[n];
+      A = h.advantages[n / h.T];
+      coef = h.coef[n];
+    }
+    RowStats st = row_stats_init();
+#pragma unroll
+    for (int k = 0; k < kR; ++k) {
+      if (v0 + (int)threadIdx.x + k * kResThreads < v1) {
+        float x[kN];
+        unpack<T>(raw[k], x);
+#pragma unroll
+        for (int e = 0; e < kN; ++e) x[e] = scale(x[e]);
+        stats_push<kEnt>(st, x);
+      }
+    }
+    st = group_merge<kResThreads>(st);
+    if (pending) __cluster_barrier_wait();  // every block has read the previous row's parts
+    if (threadIdx.x == 0) part = st;
+    __cluster_barrier_arrive();  // release: our part, and every load of the row above, come before it
+    __cluster_barrier_wait();    // acquire: every block's part is written
+    if (threadIdx.x == 0) {
+      RowStats all = row_stats_init();
+      for (unsigned r = 0; r < C; ++r)
+        all = row_stats_merge(all, *static_cast<const RowStats*>(__cluster_map_shared_rank(&part, r)));
+      all = row_stats_final(all);
+      const float logs = row_logs(all);
+      const float logp = target_logp(x_t, lp.temperature, all.m, (double)all.s);
+      if (!h.old_logp) old = logp;
+      if (!h.sampling_logp) samp = old;
+      const TokenHead th = token_head(h, logp, old, ref, samp, A, coef);
+      if (rank == 0) {
+        lp.logp[n] = logp;
+        if (lp.stats) {
+          lp.stats[2 * n] = all.m;
+          lp.stats[2 * n + 1] = logs;
+        }
+        if (lp.entropy) lp.entropy[n] = row_entropy(all);
+        h.tok_loss[n] = th.loss;
+        if (h.g_logp) h.g_logp[n] = th.g;
+      }
+      bc[0] = th.g, bc[1] = x_t, bc[2] = all.m, bc[3] = logs;
+    }
+    __cluster_barrier_arrive();  // thread 0 has read the cluster's parts; waited for before `part` changes
+    pending = true;
+    __syncthreads();
+    const float g = bc[0];
+    // bc is next written after the next row's cluster barrier, which every thread here reaches after this.
+    const GradRow<false, S> gr((int)target, bc[1], bc[2], bc[3], 0.0f, g, 0.0f, lp.temperature, scale);
+#pragma unroll
+    for (int k = 0; k < kR; ++k) {
+      const int i = v0 + (int)threadIdx.x + k * kResThreads;
+      if (i < v1) {
+        float x[kN];
+        if (g == 0.0f) {  // as row_grad: a zero gradient row is zeros, whatever the logits hold
+#pragma unroll
+          for (int e = 0; e < kN; ++e) x[e] = 0.0f;
+        } else {
+          unpack<T>(raw[k], x);
+          gr.vec(i * kN, x);
+        }
+        __stcs(dst + i, pack<T>(x));
+      }
+    }
+  }
+  if (pending) __cluster_barrier_wait();  // no block leaves while another may still read its `part`
+#endif
+}
+
+// Launch shape of resident_loss_kernel: kR vectors a thread (4 or 16), C blocks a row, per_block vectors a
+// block. Empty (R = 0) when the kernel does not apply: no gradient wanted, a device before sm_90, rows
+// that are not whole 16-byte vectors at 16-byte aligned addresses, short rows (their second read in the
+// kernel above hits cache), or rows longer than 8 blocks of 16 vectors a thread hold.
+struct ResidentPlan {
+  int R = 0, C = 0, per_block = 0;
+};
+
+constexpr int64_t kResMinV = 4096;
+
+ResidentPlan resident_plan(int64_t V, int dtype) {
+  ResidentPlan plan;
+  int dev = 0, major = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess || major < 9) {
+    cudaGetLastError();  // a failed query is not the caller's launch error
+    return plan;
+  }
+  const int kN = dtype == kFloat32 ? 4 : 8;
+  if (V < kResMinV || V % kN != 0) return plan;
+  const int64_t nvec = V / kN;
+  for (int R : {4, 16}) {
+    const int64_t C = (nvec + (int64_t)R * kResThreads - 1) / ((int64_t)R * kResThreads);
+    if (C <= kResMaxCluster) {
+      plan.R = R, plan.C = (int)C, plan.per_block = (int)((nvec + C - 1) / C);
+      return plan;
+    }
+  }
+  return plan;
+}
+
+bool resident_applies(const FusedLossParams& p, const ResidentPlan& plan) {
+  const int64_t esize = p.lp.dtype == kFloat32 ? 4 : 2;
+  const auto aligned = [&](const void* ptr, int64_t stride) {
+    return reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && (stride * esize) % 16 == 0;
+  };
+  return plan.R != 0 && p.dlogits && p.rows_on_chip && aligned(p.lp.logits, p.lp.row_stride) &&
+         aligned(p.dlogits, p.grad_row_stride);
+}
+
+// Whether a cluster of C blocks of `kernel` fits on the current device (cudaOccupancyMaxActiveClusters),
+// asked once per kernel, C and device.
+template <typename K>
+bool cluster_fits(K kernel, const cudaLaunchConfig_t& cfg, int C) {
+  static std::mutex mu;
+  static std::map<std::pair<int, int>, bool> known;
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return false;
+  std::lock_guard<std::mutex> lock(mu);
+  const auto it = known.find({C, dev});
+  if (it != known.end()) return it->second;
+  int active = 0;
+  const bool ok = cudaOccupancyMaxActiveClusters(&active, kernel, &cfg) == cudaSuccess && active >= 1;
+  cudaGetLastError();  // a refused shape is not the caller's launch error
+  known.emplace(std::make_pair(C, dev), ok);
+  return ok;
+}
+
+// Launches resident_loss_kernel for `plan`; *launched stays false when the cluster shape does not fit (the
+// caller then takes fused_loss_kernel).
+template <typename T, int kR, bool kEnt, bool kScaled>
+std::string launch_resident(const FusedLossParams& p, const ResidentPlan& plan, cudaStream_t s, bool* launched) {
+  auto kernel = resident_loss_kernel<T, kR, kEnt, kScaled>;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = (unsigned)plan.C, attr[0].val.clusterDim.y = 1, attr[0].val.clusterDim.z = 1;
+  // One row a cluster (grid-stride past 2^31 - 1 blocks); the grid only needs to be a multiple of C.
+  const int64_t clusters = std::min<int64_t>(p.lp.N, (int64_t)(2147483647 / plan.C));
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3((unsigned)(clusters * plan.C));
+  cfg.blockDim = dim3(kResThreads);
+  cfg.dynamicSmemBytes = 0;
+  cfg.stream = s;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  if (!cluster_fits(kernel, cfg, plan.C)) return "";
+  *launched = true;
+  const cudaError_t e = cudaLaunchKernelEx(&cfg, kernel, p, plan.per_block);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    return cudaGetErrorString(e);
+  }
+  return launch_error();
+}
+
 std::string loss_head(const LossHeadParams& p, void* stream) {
   if (p.B <= 0 || p.T <= 0) return "";
   cudaStream_t s = static_cast<cudaStream_t>(stream);
@@ -112,6 +328,26 @@ std::string fused_loss(const FusedLossParams& p, void* stream) {
   if (p.lp.N <= 0) return "";
   if (p.lp.V > kMaxV) return "V exceeds the CUDA kernels' limit of 2^30 elements per row";
   cudaStream_t s = static_cast<cudaStream_t>(stream);
+  const ResidentPlan plan = resident_plan(p.lp.V, p.lp.dtype);
+  if (resident_applies(p, plan)) {
+    bool launched = false;
+    std::string err;
+    with_dtype(p.lp.dtype, [&](auto tag) {
+      using T = typename decltype(tag)::type;
+      const bool ent = p.lp.entropy != nullptr, scaled = p.lp.temperature != 1.0;
+      const auto go = [&](auto r, auto e, auto sc) {
+        err = launch_resident<T, decltype(r)::value, decltype(e)::value, decltype(sc)::value>(p, plan, s, &launched);
+      };
+      using R4 = std::integral_constant<int, 4>;
+      using R16 = std::integral_constant<int, 16>;
+      using Y = std::true_type;
+      using No = std::false_type;
+      const auto with_r = [&](auto e, auto sc) { plan.R == 4 ? go(R4{}, e, sc) : go(R16{}, e, sc); };
+      const auto with_sc = [&](auto e) { scaled ? with_r(e, Y{}) : with_r(e, No{}); };
+      ent ? with_sc(Y{}) : with_sc(No{});
+    });
+    if (launched) return err;
+  }
   with_dtype(p.lp.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     with_row_threads(p.lp.V, [&](auto threads) {
@@ -121,6 +357,8 @@ std::string fused_loss(const FusedLossParams& p, void* stream) {
   });
   return launch_error();
 }
+
+bool resident_rows(int64_t V, int dtype) { return resident_plan(V, dtype).R != 0; }
 
 }  // namespace cuda
 }  // namespace grpo

@@ -5,6 +5,8 @@ import os
 
 import torch
 
+from grpo.ops._checks import KERNEL_DTYPE_CODES, row_stride
+
 BACKENDS = ("auto", "triton", "cuda", "cpu", "torch")
 _C = None
 
@@ -65,6 +67,23 @@ def launch_args(t: torch.Tensor) -> dict:
     if t.is_cuda:
         return {"device": 1, "stream": torch.cuda.current_stream(t.device).cuda_stream, "num_threads": 1}
     return {"device": 0, "stream": 0, "num_threads": torch.get_num_threads()}
+
+
+def rows_on_chip_enabled() -> bool:
+    """GRPO_ROWS_ON_CHIP=0 keeps the CUDA fused loss off its rows-on-chip kernel (for measurements)."""
+    return os.environ.get("GRPO_ROWS_ON_CHIP", "1") == "1"
+
+
+def rows_on_chip(rows: torch.Tensor) -> bool:
+    """Whether the CUDA fused loss reads each row of `rows` (N, V) once for both the loss and dlogits: on
+    sm_90 a cluster of blocks holds a row in registers (csrc/cuda/loss.cu, resident_loss_kernel) when its
+    rows are whole 16-byte vectors at 16-byte aligned addresses and V is within the kernel's range."""
+    if not rows.is_cuda or not rows_on_chip_enabled() or rows.dim() != 2:
+        return False
+    if rows.dtype not in KERNEL_DTYPE_CODES or rows.data_ptr() % 16 or row_stride(rows) % (16 // rows.element_size()):
+        return False
+    with torch.cuda.device(rows.device):
+        return bool(native().cuda_rows_on_chip(rows.shape[1], KERNEL_DTYPE_CODES[rows.dtype]))
 
 
 def ptr(t):

@@ -159,7 +159,8 @@ def _launch_fused_loss(logits2d, targets1d, mask, coef, adv, old, ref, samp, con
         grad_row_stride=_checks.row_stride(dlogits) if dlogits is not None else V,
         old_logp=_backend.ptr(old), ref_logp=_backend.ptr(ref), sampling_logp=_backend.ptr(samp),
         mask=mask.data_ptr(), coef=coef.data_ptr(), advantages=adv.data_ptr(), tok_loss=tok_loss.data_ptr(),
-        g_logp=g.data_ptr(), B=B, T=T, ratio_level=_ratio_code(config), **head_options(config))
+        g_logp=g.data_ptr(), B=B, T=T, ratio_level=_ratio_code(config),
+        rows_on_chip=int(_backend.rows_on_chip_enabled()), **head_options(config))
     return tok_loss, logp, ent, stats, g
 
 
@@ -295,16 +296,22 @@ class _InplaceLoss(torch.autograd.Function):
 # fp32: the stored exps cost more than the second exp saves there (293 vs 275 ms), so fp32 keeps two
 # launches. GPU: the second read of a 300 KB row in the same launch misses L2 (hundreds of rows in flight
 # against 50 MB): on an H100 at N=16384, V=151936 bf16 the CUDA one-launch path took 8.2 ms against 5.9 ms
-# for two launches. GRPO_FORWARD_GRAD=1 / 0 overrides the table (for measurements).
+# for two launches. Where the CUDA launcher holds rows on chip (sm_90, _backend.rows_on_chip) the one launch
+# reads each row once, so it is taken there: 2 N V bytes-per-element of traffic against 3 for two launches
+# (expected, not yet measured on a GPU). GRPO_FORWARD_GRAD=1 / 0 overrides both (for measurements).
 FORWARD_GRAD = {("cpu", torch.bfloat16), ("cpu", torch.float16)}
 
 
 def _forward_grad(logits, backend: str) -> bool:
     """Whether the forward writes dlogits: when they will be needed, in eager mode, on a backend where it
     pays. Under torch.compile the backward's host check cannot be traced, so the graph never does."""
+    if not (torch.is_grad_enabled() and logits.requires_grad and not torch.compiler.is_compiling()):
+        return False
     env = os.environ.get("GRPO_FORWARD_GRAD")
-    fast = (backend, logits.dtype) in FORWARD_GRAD if env is None else env == "1"
-    return fast and torch.is_grad_enabled() and logits.requires_grad and not torch.compiler.is_compiling()
+    if env is not None:
+        return env == "1"
+    on_chip = backend == "cuda" and _backend.rows_on_chip(logits.view(-1, logits.shape[-1]))
+    return (backend, logits.dtype) in FORWARD_GRAD or on_chip
 
 
 def _check_loss_inputs(logits, targets, mask, advantages, old_logp, ref_logp, sampling_logp, config, dtypes):
