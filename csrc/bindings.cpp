@@ -160,15 +160,18 @@ void fused_loss(int device, uintptr_t stream, int num_threads, uintptr_t logits,
   dispatch(device, stream, num_threads, p, cpu::fused_loss, CUDA_FN(fused_loss));
 }
 
-// Whether the CUDA fused_loss reads each row once for loss and dlogits (rows held on chip) on the current
-// device, for rows of V elements of `dtype` at 16-byte aligned addresses.
-bool cuda_rows_on_chip(int64_t V, int dtype) {
+// The CUDA fused_loss's rows-on-chip shape (R vectors a thread, C blocks a row, vectors a block) for rows of
+// V elements of `dtype` at 16-byte aligned addresses: on the current device when `on_device` (all zeros
+// before sm_90 or without a device), else whatever the device. (0, 0, 0): the kernel that reads rows twice.
+py::tuple cuda_rows_on_chip(int64_t V, int dtype, bool on_device) {
   check_dtype(dtype);
+  require(V >= 1, "V must be >= 1, got " + std::to_string(V));
 #ifdef GRPO_WITH_CUDA
-  return cuda::resident_rows(V, dtype);
+  const cuda::ResidentPlan p = on_device ? cuda::resident_plan(V, dtype) : cuda::resident_plan_for(V, dtype);
+  return py::make_tuple(p.R, p.C, p.per_block);
 #else
-  (void)V;
-  return false;
+  (void)on_device;
+  return py::make_tuple(0, 0, 0);
 #endif
 }
 
@@ -219,7 +222,7 @@ PYBIND11_MODULE(_C, m) {
         arg("tok_loss"), arg("g_logp"), arg("B"), arg("T"), arg("eps_low"), arg("eps_high"), arg("dual_clip"),
         arg("beta"), arg("is_cap"), arg("kl"), arg("ratio_level"), arg("is_mode"), arg("dlogits"),
         arg("grad_row_stride"), arg("rows_on_chip") = 1);
-  m.def("cuda_rows_on_chip", &cuda_rows_on_chip, arg("V"), arg("dtype"));
+  m.def("cuda_rows_on_chip", &cuda_rows_on_chip, arg("V"), arg("dtype"), arg("on_device") = true);
   m.def("linear", &linear, arg("num_threads"), arg("x"), arg("w"), arg("bias"), arg("y"), arg("M"), arg("N"), arg("K"),
         arg("ldx"), arg("ldw"), arg("ldy"), arg("dtype"));
 }

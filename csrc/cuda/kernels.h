@@ -15,8 +15,13 @@ std::string logprobs(const LogprobParams& p, void* stream);
 std::string softmax_grad(const SoftmaxGradParams& p, void* stream);
 std::string loss_head(const LossHeadParams& p, void* stream);
 std::string fused_loss(const FusedLossParams& p, void* stream);
-// Whether fused_loss holds rows of V elements of `dtype` on chip on the current device (aligned rows).
-bool resident_rows(int64_t V, int dtype);
+// fused_loss's rows-on-chip kernel (sm_90): R 16-byte vectors a thread, clusters of C blocks of 256
+// threads, per_block vectors of the row a block. R = 0: not for these rows.
+struct ResidentPlan {
+  int R = 0, C = 0, per_block = 0;
+};
+ResidentPlan resident_plan_for(int64_t V, int dtype);  // the shape, whatever the device
+ResidentPlan resident_plan(int64_t V, int dtype);      // the shape on the current device (empty before sm_90)
 
 }  // namespace cuda
 }  // namespace grpo

@@ -228,26 +228,16 @@ __global__ void __launch_bounds__(kResThreads, 2) resident_loss_kernel(const Fus
 #endif
 }
 
-// Launch shape of resident_loss_kernel: kR vectors a thread (4 or 16), C blocks a row, per_block vectors a
-// block. Empty (R = 0) when the kernel does not apply: no gradient wanted, a device before sm_90, rows
-// that are not whole 16-byte vectors at 16-byte aligned addresses, short rows (their second read in the
-// kernel above hits cache), or rows longer than 8 blocks of 16 vectors a thread hold.
-struct ResidentPlan {
-  int R = 0, C = 0, per_block = 0;
-};
-
 constexpr int64_t kResMinV = 4096;
 
-ResidentPlan resident_plan(int64_t V, int dtype) {
+// The shape for rows of V elements of `dtype` (kernels.h ResidentPlan), whatever the device: the smallest
+// slice (4 or 16 vectors a thread) whose cluster of 256-thread blocks covers the row within 8 blocks, the
+// row spread evenly over them. Empty for short rows (V < 4096: the kernel above reads them twice from
+// cache) and rows that are not whole 16-byte vectors.
+ResidentPlan resident_plan_for(int64_t V, int dtype) {
   ResidentPlan plan;
-  int dev = 0, major = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess || major < 9) {
-    cudaGetLastError();  // a failed query is not the caller's launch error
-    return plan;
-  }
   const int kN = dtype == kFloat32 ? 4 : 8;
-  if (V < kResMinV || V % kN != 0) return plan;
+  if (V < kResMinV || V % kN != 0 || V > kMaxV) return plan;
   const int64_t nvec = V / kN;
   for (int R : {4, 16}) {
     const int64_t C = (nvec + (int64_t)R * kResThreads - 1) / ((int64_t)R * kResThreads);
@@ -257,6 +247,17 @@ ResidentPlan resident_plan(int64_t V, int dtype) {
     }
   }
   return plan;
+}
+
+// resident_plan_for on an sm_90 device (the current one), else empty.
+ResidentPlan resident_plan(int64_t V, int dtype) {
+  int dev = 0, major = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess || major < 9) {
+    cudaGetLastError();  // a failed query (no device, no driver) is not the caller's launch error
+    return ResidentPlan{};
+  }
+  return resident_plan_for(V, dtype);
 }
 
 bool resident_applies(const FusedLossParams& p, const ResidentPlan& plan) {
@@ -357,8 +358,6 @@ std::string fused_loss(const FusedLossParams& p, void* stream) {
   });
   return launch_error();
 }
-
-bool resident_rows(int64_t V, int dtype) { return resident_plan(V, dtype).R != 0; }
 
 }  // namespace cuda
 }  // namespace grpo

@@ -83,7 +83,7 @@ def rows_on_chip(rows: torch.Tensor) -> bool:
     if rows.dtype not in KERNEL_DTYPE_CODES or rows.data_ptr() % 16 or row_stride(rows) % (16 // rows.element_size()):
         return False
     with torch.cuda.device(rows.device):
-        return bool(native().cuda_rows_on_chip(rows.shape[1], KERNEL_DTYPE_CODES[rows.dtype]))
+        return native().cuda_rows_on_chip(rows.shape[1], KERNEL_DTYPE_CODES[rows.dtype])[0] != 0
 
 
 def ptr(t):
