@@ -309,7 +309,7 @@ std::string launch_resident(const FusedLossParams& p, const ResidentPlan& plan, 
   const cudaError_t e = cudaLaunchKernelEx(&cfg, kernel, p, plan.per_block);
   if (e != cudaSuccess) {
     cudaGetLastError();
-    return cudaGetErrorString(e);
+    return std::string(cudaGetErrorString(e)) + " (the rows-on-chip loss kernel; GRPO_ROWS_ON_CHIP=0 avoids it)";
   }
   return launch_error();
 }
