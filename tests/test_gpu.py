@@ -169,3 +169,40 @@ def test_cuda_unaligned_rows_take_the_other_kernel(seed):
     check_rule("loss", loss.detach().cpu(), naive[0].cpu(), ref[0].cpu())
     check_rule("dlogits", wide.grad[..., 1:].cpu(), naive[1].cpu(), ref[1].cpu(), grad=True)
     assert torch.equal(wide.grad[..., 0].cpu(), torch.zeros(2, 4, dtype=torch.bfloat16))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_rows_on_chip_inf_nan_rows(seed, dtype):
+    """-inf logits give p = 0; an all -inf row, a +inf logit and a NaN logit give NaN rows; a single finite
+    logit in the last block's slice gives logp ~0 (x / T - fp32(x / T)). NaN placement and the finite values
+    follow the C++ twin."""
+    from grpo.ops import _backend
+    from grpo.ops.loss import kernel_inputs, launch_loss
+    config = CONFIGS["is_token_truncate"]  # temperature and entropy
+    V = 32000
+    inp = make_inputs(1, 6, V, dtype, config)
+    inp["mask"][:] = True
+    logits = inp["logits"]
+    logits[0, 0, 2] = float("-inf")
+    logits[0, 1, :] = float("-inf")
+    logits[0, 2, 7] = float("inf")
+    logits[0, 3, 28000] = float("nan")
+    logits[0, 4, :V - 1] = float("-inf")  # one finite logit, in the cluster's last block
+    inp["targets"][0, :5] = torch.tensor([1, 4, 2, 5, V - 1])
+    assert _backend.rows_on_chip(logits.view(-1, V).cuda())
+    out = {}
+    for backend, dev in (("cuda", "cuda"), ("cpu", "cpu")):
+        d = {k: (v.to(dev) if isinstance(v, torch.Tensor) else v) for k, v in inp.items()}
+        m, coef, adv, old, ref, samp = kernel_inputs(d["mask"], d["advantages"], d["old_logp"], d["ref_logp"],
+                                                     d["sampling_logp"], config, None, None)
+        rows = d["logits"].view(-1, V).clone()
+        dl = torch.empty_like(rows)
+        res = launch_loss(rows, d["targets"].reshape(-1), m, coef, adv, old, ref, samp, config, dlogits=dl,
+                          backend=backend)
+        out[backend] = [t.cpu() for t in res if t is not None] + [dl.cpu()]
+    names = ("tok_loss", "logp", "entropy", "stats", "g", "dlogits")
+    for name, x, y in zip(names, out["cuda"], out["cpu"]):
+        assert torch.equal(torch.isnan(x), torch.isnan(y)), name
+        ok = torch.isfinite(y)
+        torch.testing.assert_close(x[ok].float(), y[ok].float(), rtol=2 ** -7, atol=1e-5, msg=name)
+    assert bool(torch.isnan(out["cuda"][1][1:4]).all()) and abs(out["cuda"][1][4].item()) < 1e-6
