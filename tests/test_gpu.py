@@ -22,12 +22,18 @@ def _cuda(inp):
 def test_cuda_loss_matches_reference(seed, name, shape, dtype, upstream):
     config = CONFIGS[name]
     inp = _cuda(make_inputs(*shape, dtype, config))
-    g = 1.0 if upstream == "one" else torch.randn(()).item()
+    _check_cuda_loss(inp, config, 1.0 if upstream == "one" else torch.randn(()).item())
+
+
+def _check_cuda_loss(inp, config, g):
+    """grpo_loss(backend="cuda") forward + backward (upstream g) against the reference by the numerics rule:
+    the loss and dlogits. Returns the (loss, dlogits, metrics) of the kernel, torch_d and fp64 runs."""
     kern = run_loss(lambda *a, **k: ops.grpo_loss(*a, backend="cuda", **k), inp, config, g)
     naive = run_loss(grpo_loss_ref, inp, config, g)
     ref = run_loss(grpo_loss_ref, inp, config, g, dtype=torch.float64)
     check_rule("loss", kern[0].cpu(), naive[0].cpu(), ref[0].cpu())
     check_rule("dlogits", kern[1].cpu(), naive[1].cpu(), ref[1].cpu(), grad=True)
+    return kern, naive, ref
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
@@ -107,12 +113,7 @@ def test_cuda_rows_on_chip_match_reference(seed, name, shape, dtype, upstream):
     inp = _cuda(make_inputs(*shape, dtype, config))
     V = shape[-1]
     assert _backend.rows_on_chip(inp["logits"].view(-1, V)) == _on_chip_expected(V, dtype)
-    g = 1.0 if upstream == "one" else torch.randn(()).item()
-    kern = run_loss(lambda *a, **k: ops.grpo_loss(*a, backend="cuda", **k), inp, config, g)
-    naive = run_loss(grpo_loss_ref, inp, config, g)
-    ref = run_loss(grpo_loss_ref, inp, config, g, dtype=torch.float64)
-    check_rule("loss", kern[0].cpu(), naive[0].cpu(), ref[0].cpu())
-    check_rule("dlogits", kern[1].cpu(), naive[1].cpu(), ref[1].cpu(), grad=True)
+    kern, naive, ref = _check_cuda_loss(inp, config, 1.0 if upstream == "one" else torch.randn(()).item())
     for k in ("entropy", "kl", "ratio_mean"):
         if k in ref[2]:
             check_rule(k, kern[2][k].cpu(), naive[2][k].cpu(), ref[2][k].cpu())

@@ -40,6 +40,32 @@ __global__ void __launch_bounds__(Slots<kThreads>::kBlock) loss_head_kernel(cons
   }
 }
 
+// The token head's per-token inputs besides logp: the target's raw logit and the row's old / ref / sampling
+// logprobs, advantage and weight. Loaded by one lane before the row pass (and before any lane writes the
+// row: dlogits may alias it), consumed after it.
+struct HeadIn {
+  float x_t = 0.0f, old = 0.0f, ref = 0.0f, samp = 0.0f, A = 0.0f, coef = 0.0f;
+};
+
+template <typename T>
+__device__ __forceinline__ HeadIn load_head_in(const LossHeadParams& h, const T* row, int64_t target, int64_t n) {
+  HeadIn in;
+  in.x_t = to_f(row[target]);
+  if (h.old_logp) in.old = h.old_logp[n];
+  if (h.ref_logp) in.ref = h.ref_logp[n];
+  if (h.sampling_logp) in.samp = h.sampling_logp[n];
+  in.A = h.advantages[n / h.T];
+  in.coef = h.coef[n];
+  return in;
+}
+
+// token_head with on-policy defaults: old = logp (detached) without old_logp, sampling = old without it.
+__device__ __forceinline__ TokenHead run_head(const LossHeadParams& h, const HeadIn& in, float logp) {
+  const float old = h.old_logp ? in.old : logp;
+  const float samp = h.sampling_logp ? in.samp : old;
+  return token_head(h, logp, old, in.ref, samp, in.A, in.coef);
+}
+
 // One row per group of lanes: pass 1 (statistics, logp, entropy), the token head on lane 0 exactly as
 // csrc/cpu/loss.cpp, g shared with the group, pass 2 (dlogits, no entropy term). Masked rows are skipped.
 // One read of the row for the forward, one read + one write for the gradient; dlogits may alias logits.
@@ -65,30 +91,20 @@ __global__ void __launch_bounds__(Slots<kThreads>::kBlock, Slots<kThreads>::kMin
       continue;
     }
     const int64_t target = lp.targets[n];
-    // Lane 0's loads for the head are issued now and consumed after the row pass.
-    float x_t = 0.0f, old = 0.0f, ref = 0.0f, samp = 0.0f, A = 0.0f, coef = 0.0f;
-    if (lane == 0) {
-      x_t = to_f(row[target]);
-      if (h.old_logp) old = h.old_logp[n];
-      if (h.ref_logp) ref = h.ref_logp[n];
-      if (h.sampling_logp) samp = h.sampling_logp[n];
-      A = h.advantages[n / h.T];
-      coef = h.coef[n];
-    }
+    HeadIn in;
+    if (lane == 0) in = load_head_in(h, row, target, n);
     const RowStats st = row_stats<T, kThreads>(row, V, lane, lp.temperature, lp.entropy != nullptr);
     const float logs = row_logs(st);
-    float shared[2] = {0.0f, x_t};  // g, x_t
+    float shared[2] = {0.0f, in.x_t};  // g, x_t
     if (lane == 0) {
-      const float logp = target_logp(x_t, lp.temperature, st.m, (double)st.s);
+      const float logp = target_logp(in.x_t, lp.temperature, st.m, (double)st.s);
       lp.logp[n] = logp;
       if (lp.stats) {
         lp.stats[2 * n] = st.m;
         lp.stats[2 * n + 1] = logs;
       }
       if (lp.entropy) lp.entropy[n] = row_entropy(st);
-      if (!h.old_logp) old = logp;
-      if (!h.sampling_logp) samp = old;
-      const TokenHead th = token_head(h, logp, old, ref, samp, A, coef);
+      const TokenHead th = run_head(h, in, logp);
       h.tok_loss[n] = th.loss;
       if (h.g_logp) h.g_logp[n] = th.g;
       shared[0] = th.g;
@@ -155,15 +171,8 @@ __global__ void __launch_bounds__(kResThreads, 2) resident_loss_kernel(const Fus
       if (i < v1) raw[k] = __ldcs(src + i);
     }
     const int64_t target = lp.targets[n];
-    float x_t = 0.0f, old = 0.0f, ref = 0.0f, samp = 0.0f, A = 0.0f, coef = 0.0f;
-    if (threadIdx.x == 0) {
-      x_t = to_f(row[target]);
-      if (h.old_logp) old = h.old_logp[n];
-      if (h.ref_logp) ref = h.ref_logp[n];
-      if (h.sampling_logp) samp = h.sampling_logp[n];
-      A = h.advantages[n / h.T];
-      coef = h.coef[n];
-    }
+    HeadIn in;
+    if (threadIdx.x == 0) in = load_head_in(h, row, target, n);
     RowStats st = row_stats_init();
 #pragma unroll
     for (int k = 0; k < kR; ++k) {
@@ -186,10 +195,8 @@ __global__ void __launch_bounds__(kResThreads, 2) resident_loss_kernel(const Fus
         all = row_stats_merge(all, *static_cast<const RowStats*>(__cluster_map_shared_rank(&part, r)));
       all = row_stats_final(all);
       const float logs = row_logs(all);
-      const float logp = target_logp(x_t, lp.temperature, all.m, (double)all.s);
-      if (!h.old_logp) old = logp;
-      if (!h.sampling_logp) samp = old;
-      const TokenHead th = token_head(h, logp, old, ref, samp, A, coef);
+      const float logp = target_logp(in.x_t, lp.temperature, all.m, (double)all.s);
+      const TokenHead th = run_head(h, in, logp);
       if (rank == 0) {
         lp.logp[n] = logp;
         if (lp.stats) {
@@ -200,7 +207,7 @@ __global__ void __launch_bounds__(kResThreads, 2) resident_loss_kernel(const Fus
         h.tok_loss[n] = th.loss;
         if (h.g_logp) h.g_logp[n] = th.g;
       }
-      bc[0] = th.g, bc[1] = x_t, bc[2] = all.m, bc[3] = logs;
+      bc[0] = th.g, bc[1] = in.x_t, bc[2] = all.m, bc[3] = logs;
     }
     __cluster_barrier_arrive();  // thread 0 has read the cluster's parts; waited for before `part` changes
     pending = true;
