@@ -139,6 +139,12 @@ void loss_head(int device, uintptr_t stream, int num_threads, uintptr_t logp, ui
   dispatch(device, stream, num_threads, p, cpu::loss_head, CUDA_FN(loss_head));
 }
 
+void check_rows_on_chip(int policy) {
+  require(policy == 0 || policy == 1 || policy == 4 || policy == 8 || policy == 16,
+          "rows_on_chip must be 0 (never), 1 (default plan), 4, 8 or 16 (vectors a thread), got " +
+              std::to_string(policy));
+}
+
 void fused_loss(int device, uintptr_t stream, int num_threads, uintptr_t logits, uintptr_t targets, uintptr_t logp,
                 uintptr_t stats, uintptr_t entropy, int64_t V, int64_t row_stride, double temperature, int dtype,
                 uintptr_t old_logp, uintptr_t ref_logp, uintptr_t sampling_logp, uintptr_t mask, uintptr_t coef,
@@ -156,18 +162,22 @@ void fused_loss(int device, uintptr_t stream, int num_threads, uintptr_t logits,
   if (N == 0) return;
   LogprobParams lp{as_ptr<const void>(logits), as_ptr<const int64_t>(targets), as_ptr<float>(logp), as_ptr<float>(stats),
                    as_ptr<float>(entropy), nullptr, N, V, row_stride, temperature, dtype};
+  check_rows_on_chip(rows_on_chip);
   FusedLossParams p{lp, h, as_ptr<void>(dlogits), grad_row_stride, rows_on_chip};
   dispatch(device, stream, num_threads, p, cpu::fused_loss, CUDA_FN(fused_loss));
 }
 
 // The CUDA fused_loss's rows-on-chip shape (R vectors a thread, C blocks a row, vectors a block) for rows of
-// V elements of `dtype` at 16-byte aligned addresses: on the current device when `on_device` (all zeros
-// before sm_90 or without a device), else whatever the device. (0, 0, 0): the kernel that reads rows twice.
-py::tuple cuda_rows_on_chip(int64_t V, int dtype, bool on_device) {
+// V elements of `dtype` at 16-byte aligned addresses and a rows_on_chip policy: on the current device when
+// `on_device` (all zeros before sm_90 or without a device), else whatever the device. (0, 0, 0): the kernel
+// that reads rows twice.
+py::tuple cuda_rows_on_chip(int64_t V, int dtype, bool on_device, int policy) {
   check_dtype(dtype);
+  check_rows_on_chip(policy);
   require(V >= 1, "V must be >= 1, got " + std::to_string(V));
 #ifdef GRPO_WITH_CUDA
-  const cuda::ResidentPlan p = on_device ? cuda::resident_plan(V, dtype) : cuda::resident_plan_for(V, dtype);
+  const cuda::ResidentPlan p =
+      on_device ? cuda::resident_plan(V, dtype, policy) : cuda::resident_plan_for(V, dtype, policy);
   return py::make_tuple(p.R, p.C, p.per_block);
 #else
   (void)on_device;
@@ -222,7 +232,8 @@ PYBIND11_MODULE(_C, m) {
         arg("tok_loss"), arg("g_logp"), arg("B"), arg("T"), arg("eps_low"), arg("eps_high"), arg("dual_clip"),
         arg("beta"), arg("is_cap"), arg("kl"), arg("ratio_level"), arg("is_mode"), arg("dlogits"),
         arg("grad_row_stride"), arg("rows_on_chip") = 1);
-  m.def("cuda_rows_on_chip", &cuda_rows_on_chip, arg("V"), arg("dtype"), arg("on_device") = true);
+  m.def("cuda_rows_on_chip", &cuda_rows_on_chip, arg("V"), arg("dtype"), arg("on_device") = true,
+        arg("policy") = 1);
   m.def("linear", &linear, arg("num_threads"), arg("x"), arg("w"), arg("bias"), arg("y"), arg("M"), arg("N"), arg("K"),
         arg("ldx"), arg("ldw"), arg("ldy"), arg("dtype"));
 }

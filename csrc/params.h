@@ -89,8 +89,9 @@ struct FusedLossParams {
   LossHeadParams head;        // head.logp must equal lp.logp
   void* dlogits;              // (N, V) or null (no gradient wanted); may alias logits
   int64_t grad_row_stride;
-  int rows_on_chip;           // 1: the CUDA launcher may hold each row on chip (sm_90 clusters, one read of
-                              // the logits for loss and dlogits) where it applies; 0: never. CPU: unused
+  int rows_on_chip;           // the CUDA launcher may hold each row on chip (sm_90 clusters, one read of the
+                              // logits for loss and dlogits) where it applies. 0: never; 1: its default plan;
+                              // 4, 8, 16: that many 16-byte vectors a thread (measurements). CPU: unused
 };
 
 // y = x · wᵀ + bias for a few rows of x (decode steps of the sampler), over the weight as stored.

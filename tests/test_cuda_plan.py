@@ -11,17 +11,17 @@ THREADS = 256  # kResThreads
 CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
 
-def plan(V, dtype):
-    return C.cuda_rows_on_chip(V, CODES[dtype], on_device=False)
+def plan(V, dtype, policy=1):
+    return C.cuda_rows_on_chip(V, CODES[dtype], on_device=False, policy=policy)
 
 
 def per_vec(dtype):
     return 16 // torch.empty((), dtype=dtype).element_size()
 
 
-def slices(V, dtype):
+def slices(V, dtype, policy):
     """Vector indices each (block, thread) loads, by the kernel's rule i = v0 + thread + k * 256, i < v1."""
-    R, Cl, per_block = plan(V, dtype)
+    R, Cl, per_block = plan(V, dtype, policy)
     nvec = V // per_vec(dtype)
     idx = []
     for rank in range(Cl):
@@ -31,8 +31,14 @@ def slices(V, dtype):
     return np.concatenate(idx), nvec
 
 
+def _check_shape(V, dtype, R, Cl, per_block, max_blocks):
+    nvec = V // per_vec(dtype)
+    assert R in (4, 8, 16) and 1 <= Cl <= max_blocks and per_block <= R * THREADS
+    assert Cl * per_block >= nvec and (Cl - 1) * per_block < nvec  # the row covered, no empty block
+
+
 @pytest.mark.parametrize("dtype", list(CODES))
-def test_plan_takes_the_rows_it_should(dtype):
+def test_default_plan_takes_the_rows_it_should(dtype):
     n = per_vec(dtype)
     cap = 8 * 16 * THREADS * n  # 8 blocks of 256 threads holding 16 vectors each
     for V in [1, 7, 1000, 4095, 4096, 4097, 4104, 32000, 65536, 128256, 151936, cap, cap + n, 2 * cap]:
@@ -42,19 +48,32 @@ def test_plan_takes_the_rows_it_should(dtype):
         if not want:
             assert (R, Cl, per_block) == (0, 0, 0)
             continue
-        nvec = V // n
-        assert R in (4, 16) and 1 <= Cl <= 8 and per_block <= R * THREADS
-        assert Cl * per_block >= nvec and (Cl - 1) * per_block < nvec  # no empty block
-        if R == 16:  # the smaller slice would need more than 8 blocks
-            assert -(-nvec // (4 * THREADS)) > 8
+        _check_shape(V, dtype, R, Cl, per_block, 8)
+        for smaller in (4, 8):  # the smallest slice that fits in 8 blocks
+            if smaller < R:
+                assert -(-(V // n) // (smaller * THREADS)) > 8
+
+
+@pytest.mark.parametrize("dtype", list(CODES))
+@pytest.mark.parametrize("R", [4, 8, 16])
+def test_fixed_slice_plans(dtype, R):
+    n = per_vec(dtype)
+    for V in [4096, 32000, 151936, 16 * R * THREADS * n, 16 * R * THREADS * n + n]:
+        want = -(-(V // n) // (R * THREADS)) <= 16
+        got = plan(V, dtype, R)
+        assert (got[0] == R) == want and (got[0] in (0, R)), (V, got)
+        if want:
+            _check_shape(V, dtype, *got, 16)
+    assert plan(151936, dtype, 0) == (0, 0, 0)
 
 
 @pytest.mark.parametrize("dtype", list(CODES))
 @pytest.mark.parametrize("V", [4096, 4104, 32000, 49152, 128256, 151936, 262144])
-def test_blocks_cover_each_vector_once(V, dtype):
-    if plan(V, dtype)[0] == 0:
+@pytest.mark.parametrize("policy", [1, 4, 8, 16])
+def test_blocks_cover_each_vector_once(V, dtype, policy):
+    if plan(V, dtype, policy)[0] == 0:
         pytest.skip("not held on chip")
-    idx, nvec = slices(V, dtype)
+    idx, nvec = slices(V, dtype, policy)
     assert idx.size == nvec and np.array_equal(np.sort(idx), np.arange(nvec))
 
 
@@ -65,3 +84,17 @@ def test_no_device_no_plan_and_bad_arguments():
         C.cuda_rows_on_chip(4096, 7)
     with pytest.raises(ValueError, match="V must be"):
         C.cuda_rows_on_chip(0, 1)
+    with pytest.raises(ValueError, match="rows_on_chip must be"):
+        C.cuda_rows_on_chip(4096, 1, policy=2)
+
+
+def test_policy_knob(monkeypatch):
+    from grpo.ops import _backend
+    for value, policy in (("0", 0), ("1", 1), ("8", 8)):
+        monkeypatch.setenv("GRPO_ROWS_ON_CHIP", value)
+        assert _backend.rows_on_chip_policy() == policy
+    monkeypatch.delenv("GRPO_ROWS_ON_CHIP")
+    assert _backend.rows_on_chip_policy() == 1
+    monkeypatch.setenv("GRPO_ROWS_ON_CHIP", "3")
+    with pytest.raises(ValueError, match="GRPO_ROWS_ON_CHIP"):
+        _backend.rows_on_chip_policy()

@@ -207,3 +207,20 @@ def test_cuda_rows_on_chip_inf_nan_rows(seed, dtype):
         ok = torch.isfinite(y)
         torch.testing.assert_close(x[ok].float(), y[ok].float(), rtol=2 ** -7, atol=1e-5, msg=name)
     assert bool(torch.isnan(out["cuda"][1][1:4]).all()) and abs(out["cuda"][1][4].item()) < 1e-6
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(2, 3, 32000), (2, 4, 151936)])
+@pytest.mark.parametrize("policy", ["4", "8", "16"])
+def test_cuda_rows_on_chip_fixed_slices(seed, policy, shape, dtype, monkeypatch):
+    """GRPO_ROWS_ON_CHIP=4/8/16 (the bench's cuda-r* sweeps): that slice size, clusters of up to 16 blocks
+    (past 8 non-portable: 151936 bf16 with 8 vectors a thread takes 10)."""
+    from grpo.ops import _backend
+    monkeypatch.setenv("GRPO_ROWS_ON_CHIP", policy)
+    config = CONFIGS["k3_beta"]
+    inp = _cuda(make_inputs(*shape, dtype, config))
+    V, R = shape[-1], int(policy)
+    nvec = V // (16 // torch.empty((), dtype=dtype).element_size())
+    fits = torch.cuda.get_device_capability() >= (9, 0) and -(-nvec // (R * 256)) <= 16
+    assert _backend.rows_on_chip(inp["logits"].view(-1, V)) == fits
+    _check_cuda_loss(inp, config, 1.0)

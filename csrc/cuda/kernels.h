@@ -20,8 +20,9 @@ std::string fused_loss(const FusedLossParams& p, void* stream);
 struct ResidentPlan {
   int R = 0, C = 0, per_block = 0;
 };
-ResidentPlan resident_plan_for(int64_t V, int dtype);  // the shape, whatever the device
-ResidentPlan resident_plan(int64_t V, int dtype);      // the shape on the current device (empty before sm_90)
+// policy: FusedLossParams.rows_on_chip (0 never, 1 the default plan, 4 / 8 / 16 that slice size)
+ResidentPlan resident_plan_for(int64_t V, int dtype, int policy);  // the shape, whatever the device
+ResidentPlan resident_plan(int64_t V, int dtype, int policy);      // on the current device (empty before sm_90)
 
 }  // namespace cuda
 }  // namespace grpo

@@ -128,10 +128,12 @@ __global__ void __launch_bounds__(Slots<kThreads>::kBlock, Slots<kThreads>::kMin
 // Each element is loaded and stored by the same thread and every store comes after the cluster barrier
 // that follows all loads (and the head's read of the target), so dlogits may alias logits.
 constexpr int kResThreads = 256;
-constexpr int kResMaxCluster = 8;  // the portable cluster size limit
+constexpr int kResPortable = 8;  // the portable cluster size limit; sm_90 allows 16 when asked (non-portable)
+constexpr int kResMaxCluster = 16;
 
 template <typename T, int kR, bool kEnt, bool kScaled>
-__global__ void __launch_bounds__(kResThreads, 2) resident_loss_kernel(const FusedLossParams fp, int per_block) {
+__global__ void __launch_bounds__(kResThreads, kR >= 16 ? 2 : 3)
+    resident_loss_kernel(const FusedLossParams fp, int per_block) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   constexpr int kN = Vec<T>::kN;
   using S = std::conditional_t<kScaled, DivScale, NoScale>;
@@ -237,18 +239,21 @@ __global__ void __launch_bounds__(kResThreads, 2) resident_loss_kernel(const Fus
 
 constexpr int64_t kResMinV = 4096;
 
-// The shape for rows of V elements of `dtype` (kernels.h ResidentPlan), whatever the device: the smallest
-// slice (4 or 16 vectors a thread) whose cluster of 256-thread blocks covers the row within 8 blocks, the
-// row spread evenly over them. Empty for short rows (V < 4096: the kernel above reads them twice from
-// cache) and rows that are not whole 16-byte vectors.
-ResidentPlan resident_plan_for(int64_t V, int dtype) {
+// The shape for rows of V elements of `dtype` (kernels.h ResidentPlan), whatever the device. policy 1 (the
+// default): the smallest slice of 4, 8 or 16 vectors a thread whose cluster of 256-thread blocks covers the
+// row within the portable 8 blocks; policy 4, 8 or 16: that slice, in up to 16 blocks (for measurements).
+// The row is spread evenly over the blocks. Empty for policy 0, short rows (V < 4096: the kernel above reads
+// them twice from cache) and rows that are not whole 16-byte vectors.
+ResidentPlan resident_plan_for(int64_t V, int dtype, int policy) {
   ResidentPlan plan;
   const int kN = dtype == kFloat32 ? 4 : 8;
-  if (V < kResMinV || V % kN != 0 || V > kMaxV) return plan;
+  if (policy == 0 || V < kResMinV || V % kN != 0 || V > kMaxV) return plan;
   const int64_t nvec = V / kN;
-  for (int R : {4, 16}) {
+  const bool fixed = policy != 1;
+  for (int R : {4, 8, 16}) {
+    if (fixed && R != policy) continue;
     const int64_t C = (nvec + (int64_t)R * kResThreads - 1) / ((int64_t)R * kResThreads);
-    if (C <= kResMaxCluster) {
+    if (C <= (fixed ? kResMaxCluster : kResPortable)) {
       plan.R = R, plan.C = (int)C, plan.per_block = (int)((nvec + C - 1) / C);
       return plan;
     }
@@ -257,14 +262,14 @@ ResidentPlan resident_plan_for(int64_t V, int dtype) {
 }
 
 // resident_plan_for on an sm_90 device (the current one), else empty.
-ResidentPlan resident_plan(int64_t V, int dtype) {
+ResidentPlan resident_plan(int64_t V, int dtype, int policy) {
   int dev = 0, major = 0;
   if (cudaGetDevice(&dev) != cudaSuccess ||
       cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess || major < 9) {
     cudaGetLastError();  // a failed query (no device, no driver) is not the caller's launch error
     return ResidentPlan{};
   }
-  return resident_plan_for(V, dtype);
+  return resident_plan_for(V, dtype, policy);
 }
 
 bool resident_applies(const FusedLossParams& p, const ResidentPlan& plan) {
@@ -272,12 +277,11 @@ bool resident_applies(const FusedLossParams& p, const ResidentPlan& plan) {
   const auto aligned = [&](const void* ptr, int64_t stride) {
     return reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && (stride * esize) % 16 == 0;
   };
-  return plan.R != 0 && p.dlogits && p.rows_on_chip && aligned(p.lp.logits, p.lp.row_stride) &&
-         aligned(p.dlogits, p.grad_row_stride);
+  return plan.R != 0 && p.dlogits && aligned(p.lp.logits, p.lp.row_stride) && aligned(p.dlogits, p.grad_row_stride);
 }
 
-// Whether a cluster of C blocks of `kernel` fits on the current device (cudaOccupancyMaxActiveClusters),
-// asked once per kernel, C and device.
+// Whether a cluster of C blocks of `kernel` fits on the current device (cudaOccupancyMaxActiveClusters;
+// past 8 blocks after allowing non-portable sizes), asked once per kernel, C and device.
 template <typename K>
 bool cluster_fits(K kernel, const cudaLaunchConfig_t& cfg, int C) {
   static std::mutex mu;
@@ -288,7 +292,9 @@ bool cluster_fits(K kernel, const cudaLaunchConfig_t& cfg, int C) {
   const auto it = known.find({C, dev});
   if (it != known.end()) return it->second;
   int active = 0;
-  const bool ok = cudaOccupancyMaxActiveClusters(&active, kernel, &cfg) == cudaSuccess && active >= 1;
+  const bool allowed = C <= kResPortable ||
+                       cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) == cudaSuccess;
+  const bool ok = allowed && cudaOccupancyMaxActiveClusters(&active, kernel, &cfg) == cudaSuccess && active >= 1;
   cudaGetLastError();  // a refused shape is not the caller's launch error
   known.emplace(std::make_pair(C, dev), ok);
   return ok;
@@ -336,7 +342,7 @@ std::string fused_loss(const FusedLossParams& p, void* stream) {
   if (p.lp.N <= 0) return "";
   if (p.lp.V > kMaxV) return "V exceeds the CUDA kernels' limit of 2^30 elements per row";
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  const ResidentPlan plan = resident_plan(p.lp.V, p.lp.dtype);
+  const ResidentPlan plan = resident_plan(p.lp.V, p.lp.dtype, p.rows_on_chip);
   if (resident_applies(p, plan)) {
     bool launched = false;
     std::string err;
@@ -347,10 +353,13 @@ std::string fused_loss(const FusedLossParams& p, void* stream) {
         err = launch_resident<T, decltype(r)::value, decltype(e)::value, decltype(sc)::value>(p, plan, s, &launched);
       };
       using R4 = std::integral_constant<int, 4>;
+      using R8 = std::integral_constant<int, 8>;
       using R16 = std::integral_constant<int, 16>;
       using Y = std::true_type;
       using No = std::false_type;
-      const auto with_r = [&](auto e, auto sc) { plan.R == 4 ? go(R4{}, e, sc) : go(R16{}, e, sc); };
+      const auto with_r = [&](auto e, auto sc) {
+        plan.R == 4 ? go(R4{}, e, sc) : plan.R == 8 ? go(R8{}, e, sc) : go(R16{}, e, sc);
+      };
       const auto with_sc = [&](auto e) { scaled ? with_r(e, Y{}) : with_r(e, No{}); };
       ent ? with_sc(Y{}) : with_sc(No{});
     });

@@ -69,21 +69,27 @@ def launch_args(t: torch.Tensor) -> dict:
     return {"device": 0, "stream": 0, "num_threads": torch.get_num_threads()}
 
 
-def rows_on_chip_enabled() -> bool:
-    """GRPO_ROWS_ON_CHIP=0 keeps the CUDA fused loss off its rows-on-chip kernel (for measurements)."""
-    return os.environ.get("GRPO_ROWS_ON_CHIP", "1") == "1"
+def rows_on_chip_policy() -> int:
+    """GRPO_ROWS_ON_CHIP, a measurement knob for the CUDA fused loss's rows-on-chip kernel: 0 keeps it off,
+    1 (or unset) its default plan, 4 / 8 / 16 that many 16-byte vectors a thread (clusters of up to 16
+    blocks). csrc/params.h FusedLossParams.rows_on_chip."""
+    value = os.environ.get("GRPO_ROWS_ON_CHIP", "1")
+    if value not in ("0", "1", "4", "8", "16"):
+        raise ValueError(f"GRPO_ROWS_ON_CHIP: expected 0, 1, 4, 8 or 16, got {value!r}")
+    return int(value)
 
 
 def rows_on_chip(rows: torch.Tensor) -> bool:
     """Whether the CUDA fused loss reads each row of `rows` (N, V) once for both the loss and dlogits: on
     sm_90 a cluster of blocks holds a row in registers (csrc/cuda/loss.cu, resident_loss_kernel) when its
     rows are whole 16-byte vectors at 16-byte aligned addresses and V is within the kernel's range."""
-    if not rows.is_cuda or not rows_on_chip_enabled() or rows.dim() != 2:
+    policy = rows_on_chip_policy()
+    if not rows.is_cuda or policy == 0 or rows.dim() != 2:
         return False
     if rows.dtype not in KERNEL_DTYPE_CODES or rows.data_ptr() % 16 or row_stride(rows) % (16 // rows.element_size()):
         return False
     with torch.cuda.device(rows.device):
-        return native().cuda_rows_on_chip(rows.shape[1], KERNEL_DTYPE_CODES[rows.dtype])[0] != 0
+        return native().cuda_rows_on_chip(rows.shape[1], KERNEL_DTYPE_CODES[rows.dtype], policy=policy)[0] != 0
 
 
 def ptr(t):

@@ -160,7 +160,7 @@ def _launch_fused_loss(logits2d, targets1d, mask, coef, adv, old, ref, samp, con
         old_logp=_backend.ptr(old), ref_logp=_backend.ptr(ref), sampling_logp=_backend.ptr(samp),
         mask=mask.data_ptr(), coef=coef.data_ptr(), advantages=adv.data_ptr(), tok_loss=tok_loss.data_ptr(),
         g_logp=g.data_ptr(), B=B, T=T, ratio_level=_ratio_code(config),
-        rows_on_chip=int(_backend.rows_on_chip_enabled()), **head_options(config))
+        rows_on_chip=_backend.rows_on_chip_policy(), **head_options(config))
     return tok_loss, logp, ent, stats, g
 
 
