@@ -9,22 +9,23 @@ Providers: `cpu` / `cuda` / `triton` = grpo.ops with backend=...; `cuda-offchip`
 GRPO_ROWS_ON_CHIP=0, grpo_loss only (on sm_90 the cuda loss holds each row on chip and reads the logits once
 for loss and dlogits; this is the path without it: a forward, then a backward that reads them again);
 `cuda-r4` / `cuda-r8` / `cuda-r16` = the rows-on-chip kernel with that many 16-byte vectors a thread
-(GRPO_ROWS_ON_CHIP=4/8/16, clusters of up to 16 blocks; for sweeps, not in the defaults); `cpu-inplace` /
-`cuda-inplace` / `triton-inplace` = grpo_loss(..., inplace=True) on that backend (grpo_loss only; the gradient
-is written over its own copy of the logits, no [N, V] allocation); `torch` = grpo.ops with backend="torch"
-(the eager reference); `compile` = torch.compile(grpo.ops.grpo_loss_ref / token_logprobs_ref); `liger` =
-Liger-Kernel's Triton GRPO loss (liger_kernel.transformers.grpo_loss.triton_grpo_loss, grpo_loss only, CUDA
-only, when liger_kernel is installed; it takes (B, T + 1, V) logits, so it gets its own padded copy made
-outside the timing, and runs with inplace=False like every other provider); `trl` = TRL's
-trl.trainer.utils.selective_log_softmax (token_logprobs) and selective_log_softmax + entropy_from_logits
-(token_logprobs_entropy), when trl is installed (TRL has no standalone GRPO loss function). The op
-token_logprobs_entropy is token_logprobs(..., with_entropy=True): logp and entropy stacked into one (2, B, T)
-float32 tensor so that every provider is checked the same way. On CUDA the default providers are cuda,
-cuda-offchip, triton (when grpo.kernels is available), liger (when installed), trl (when installed), torch,
-compile; on CPU cpu, trl (when installed), torch, compile. Shapes are N x V with N = B sequences x T = 256
-tokens. Each case draws one batch, checks every provider against the first (that call also warms it up and
-compiles), then times interleaved rounds and reports p20/p50/p80. Rows are appended to
-bench/results/bench_loss.csv.
+(GRPO_ROWS_ON_CHIP=4/8/16, clusters of up to 16 blocks), `cuda-p` / `cuda-r8p` / `cuda-r16p` the default plan
+/ those slices on a persistent grid that prefetches each cluster's next row (GRPO_ROWS_ON_CHIP=1p/8p/16p); for
+sweeps, not in the defaults; `cpu-inplace` / `cuda-inplace` / `triton-inplace` = grpo_loss(..., inplace=True)
+on that backend (grpo_loss only; the gradient is written over its own copy of the logits, no [N, V]
+allocation); `torch` = grpo.ops with backend="torch" (the eager reference); `compile` =
+torch.compile(grpo.ops.grpo_loss_ref / token_logprobs_ref); `liger` = Liger-Kernel's Triton GRPO loss
+(liger_kernel.transformers.grpo_loss.triton_grpo_loss, grpo_loss only, CUDA only, when liger_kernel is
+installed; it takes (B, T + 1, V) logits, so it gets its own padded copy made outside the timing, and runs
+with inplace=False like every other provider); `trl` = TRL's trl.trainer.utils.selective_log_softmax
+(token_logprobs) and selective_log_softmax + entropy_from_logits (token_logprobs_entropy), when trl is
+installed (TRL has no standalone GRPO loss function). The op token_logprobs_entropy is token_logprobs(...,
+with_entropy=True): logp and entropy stacked into one (2, B, T) float32 tensor so that every provider is
+checked the same way. On CUDA the default providers are cuda, cuda-offchip, triton (when grpo.kernels is
+available), liger (when installed), trl (when installed), torch, compile; on CPU cpu, trl (when installed),
+torch, compile. Shapes are N x V with N = B sequences x T = 256 tokens. Each case draws one batch, checks
+every provider against the first (that call also warms it up and compiles), then times interleaved rounds and
+reports p20/p50/p80. Rows are appended to bench/results/bench_loss.csv.
 """
 from __future__ import annotations
 
@@ -43,9 +44,12 @@ OURS = ("cpu", "cuda", "triton")  # grpo.ops backends; the first one present is 
 BACKEND_OF = {"cpu": "cpu", "cuda": "cuda", "triton": "triton", "torch": "torch", "compile": "inductor",
               "liger": "liger-triton", "trl": "trl",
               "cpu-inplace": "cpu", "cuda-inplace": "cuda", "triton-inplace": "triton", "cuda-offchip": "cuda",
-              "cuda-r4": "cuda", "cuda-r8": "cuda", "cuda-r16": "cuda"}
-# backend="cuda" with GRPO_ROWS_ON_CHIP set (grpo/ops/_backend.py rows_on_chip_policy): off, or a fixed slice
-ROWS_ON_CHIP = {"cuda-offchip": "0", "cuda-r4": "4", "cuda-r8": "8", "cuda-r16": "16"}
+              "cuda-r4": "cuda", "cuda-r8": "cuda", "cuda-r16": "cuda", "cuda-p": "cuda", "cuda-r8p": "cuda",
+              "cuda-r16p": "cuda"}
+# backend="cuda" with GRPO_ROWS_ON_CHIP set (grpo/ops/_backend.py rows_on_chip_knob): off, a fixed slice, and
+# with "p" the persistent grid that prefetches each cluster's next row
+ROWS_ON_CHIP = {"cuda-offchip": "0", "cuda-r4": "4", "cuda-r8": "8", "cuda-r16": "16", "cuda-p": "1p",
+                "cuda-r8p": "8p", "cuda-r16p": "16p"}
 FULL_SHAPES = {"cpu": [(4096, 32000), (1024, 151936)], "cuda": [(16384, 151936), (4096, 32000)]}
 QUICK_SHAPES = {"cpu": [(512, 32000)], "cuda": [(4096, 32000)]}
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
@@ -392,7 +396,7 @@ def parse_args(argv=None):
     p.add_argument("--dtypes", default="fp32,bf16", help="comma-separated: fp32, bf16, fp16")
     p.add_argument("--providers", default=None,
                    help="comma-separated from cpu, cuda, triton, cpu-inplace, cuda-inplace, triton-inplace, "
-                        "cuda-offchip, cuda-r4, cuda-r8, cuda-r16, "
+                        "cuda-offchip, cuda-r4, cuda-r8, cuda-r16, cuda-p, cuda-r8p, cuda-r16p, "
                         "liger, trl, torch, compile (default: ours, the installed peers, torch, compile)")
     p.add_argument("--ops", default=",".join(DEFAULT_OPS), help="comma-separated from " + ", ".join(OPS))
     p.add_argument("--reps", type=int, default=None, help="timed rounds per provider (default 15, quick 5)")

@@ -150,7 +150,7 @@ void fused_loss(int device, uintptr_t stream, int num_threads, uintptr_t logits,
                 uintptr_t old_logp, uintptr_t ref_logp, uintptr_t sampling_logp, uintptr_t mask, uintptr_t coef,
                 uintptr_t advantages, uintptr_t tok_loss, uintptr_t g_logp, int64_t B, int64_t T, float eps_low,
                 float eps_high, float dual_clip, float beta, float is_cap, int kl, int ratio_level, int is_mode,
-                uintptr_t dlogits, int64_t grad_row_stride, int rows_on_chip) {
+                uintptr_t dlogits, int64_t grad_row_stride, int rows_on_chip, bool rows_prefetch) {
   check_dtype(dtype);
   const int64_t N = B * T;
   check_rows(N, V, row_stride, logits, targets);
@@ -163,7 +163,7 @@ void fused_loss(int device, uintptr_t stream, int num_threads, uintptr_t logits,
   LogprobParams lp{as_ptr<const void>(logits), as_ptr<const int64_t>(targets), as_ptr<float>(logp), as_ptr<float>(stats),
                    as_ptr<float>(entropy), nullptr, N, V, row_stride, temperature, dtype};
   check_rows_on_chip(rows_on_chip);
-  FusedLossParams p{lp, h, as_ptr<void>(dlogits), grad_row_stride, rows_on_chip};
+  FusedLossParams p{lp, h, as_ptr<void>(dlogits), grad_row_stride, rows_on_chip, rows_prefetch ? 1 : 0};
   dispatch(device, stream, num_threads, p, cpu::fused_loss, CUDA_FN(fused_loss));
 }
 
@@ -231,7 +231,7 @@ PYBIND11_MODULE(_C, m) {
         arg("old_logp"), arg("ref_logp"), arg("sampling_logp"), arg("mask"), arg("coef"), arg("advantages"),
         arg("tok_loss"), arg("g_logp"), arg("B"), arg("T"), arg("eps_low"), arg("eps_high"), arg("dual_clip"),
         arg("beta"), arg("is_cap"), arg("kl"), arg("ratio_level"), arg("is_mode"), arg("dlogits"),
-        arg("grad_row_stride"), arg("rows_on_chip") = 1);
+        arg("grad_row_stride"), arg("rows_on_chip") = 1, arg("rows_prefetch") = false);
   m.def("cuda_rows_on_chip", &cuda_rows_on_chip, arg("V"), arg("dtype"), arg("on_device") = true,
         arg("policy") = 1);
   m.def("linear", &linear, arg("num_threads"), arg("x"), arg("w"), arg("bias"), arg("y"), arg("M"), arg("N"), arg("K"),

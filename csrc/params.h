@@ -92,6 +92,8 @@ struct FusedLossParams {
   int rows_on_chip;           // the CUDA launcher may hold each row on chip (sm_90 clusters, one read of the
                               // logits for loss and dlogits) where it applies. 0: never; 1: its default plan;
                               // 4, 8, 16: that many 16-byte vectors a thread (measurements). CPU: unused
+  int rows_prefetch;          // 1: that kernel on a persistent grid, each block copying its slice of the next
+                              // row into shared memory during the current one (measurements). CPU: unused
 };
 
 // y = x · wᵀ + bias for a few rows of x (decode steps of the sampler), over the weight as stored.

@@ -90,11 +90,13 @@ def test_no_device_no_plan_and_bad_arguments():
 
 def test_policy_knob(monkeypatch):
     from grpo.ops import _backend
-    for value, policy in (("0", 0), ("1", 1), ("8", 8)):
+    for value, knob in (("0", (0, False)), ("1", (1, False)), ("8", (8, False)), ("16p", (16, True)),
+                        ("1p", (1, True))):
         monkeypatch.setenv("GRPO_ROWS_ON_CHIP", value)
-        assert _backend.rows_on_chip_policy() == policy
+        assert _backend.rows_on_chip_knob() == knob and _backend.rows_on_chip_policy() == knob[0]
     monkeypatch.delenv("GRPO_ROWS_ON_CHIP")
-    assert _backend.rows_on_chip_policy() == 1
-    monkeypatch.setenv("GRPO_ROWS_ON_CHIP", "3")
-    with pytest.raises(ValueError, match="GRPO_ROWS_ON_CHIP"):
-        _backend.rows_on_chip_policy()
+    assert _backend.rows_on_chip_knob() == (1, False)
+    for bad in ("3", "0p", "p", "8pp", "on"):
+        monkeypatch.setenv("GRPO_ROWS_ON_CHIP", bad)
+        with pytest.raises(ValueError, match="GRPO_ROWS_ON_CHIP"):
+            _backend.rows_on_chip_knob()

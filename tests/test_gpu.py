@@ -210,17 +210,19 @@ def test_cuda_rows_on_chip_inf_nan_rows(seed, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("shape", [(2, 3, 32000), (2, 4, 151936)])
-@pytest.mark.parametrize("policy", ["4", "8", "16"])
-def test_cuda_rows_on_chip_fixed_slices(seed, policy, shape, dtype, monkeypatch):
+@pytest.mark.parametrize("shape", [(2, 3, 32000), (2, 4, 151936), (5, 7, 32000)])
+@pytest.mark.parametrize("knob", ["4", "8", "16", "1p", "8p", "16p"])
+def test_cuda_rows_on_chip_fixed_slices(seed, knob, shape, dtype, monkeypatch):
     """GRPO_ROWS_ON_CHIP=4/8/16 (the bench's cuda-r* sweeps): that slice size, clusters of up to 16 blocks
-    (past 8 non-portable: 151936 bf16 with 8 vectors a thread takes 10)."""
+    (past 8 non-portable: 151936 bf16 with 8 vectors a thread takes 10); with "p" a persistent grid that
+    prefetches each cluster's next row (35 rows: clusters run several, masked rows among them)."""
     from grpo.ops import _backend
-    monkeypatch.setenv("GRPO_ROWS_ON_CHIP", policy)
+    monkeypatch.setenv("GRPO_ROWS_ON_CHIP", knob)
     config = CONFIGS["k3_beta"]
     inp = _cuda(make_inputs(*shape, dtype, config))
-    V, R = shape[-1], int(policy)
+    V, R = shape[-1], int(knob.rstrip("p"))
     nvec = V // (16 // torch.empty((), dtype=dtype).element_size())
-    fits = torch.cuda.get_device_capability() >= (9, 0) and -(-nvec // (R * 256)) <= 16
+    fits = _on_chip_expected(V, dtype) if R == 1 else (
+        torch.cuda.get_device_capability() >= (9, 0) and -(-nvec // (R * 256)) <= 16)
     assert _backend.rows_on_chip(inp["logits"].view(-1, V)) == fits
     _check_cuda_loss(inp, config, 1.0)

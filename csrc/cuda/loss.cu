@@ -127,58 +127,125 @@ __global__ void __launch_bounds__(Slots<kThreads>::kBlock, Slots<kThreads>::kMin
 // misses L2 once hundreds of 300 KB rows are in flight). Masked rows are neither read nor synchronized.
 // Each element is loaded and stored by the same thread and every store comes after the cluster barrier
 // that follows all loads (and the head's read of the target), so dlogits may alias logits.
+// kPrefetch: a persistent grid whose blocks copy their slice of the cluster's next row into shared memory
+// (cp.async, each thread its own slots) while the current row is reduced, exchanged and written.
 constexpr int kResThreads = 256;
 constexpr int kResPortable = 8;  // the portable cluster size limit; sm_90 allows 16 when asked (non-portable)
 constexpr int kResMaxCluster = 16;
 
-template <typename T, int kR, bool kEnt, bool kScaled>
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+  const uint32_t s = (uint32_t)__cvta_generic_to_shared(smem);
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(gmem) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }
+
+// The cluster's part of a row between the two passes: this block's statistics `st` (every thread holds the
+// same) go to `part`; after the barrier thread 0 merges the C parts in rank order, runs the head (rank 0
+// writes the per-token outputs) and leaves g, x_t, m, log s in bc for the block. `pending` tracks the arrive
+// whose wait must come before `part` is written again (or the block exits).
+__device__ __forceinline__ void cluster_row_head(const FusedLossParams& fp, int64_t n, const HeadIn& in,
+                                                 RowStats st, RowStats& part, float (&bc)[4], bool& pending) {
+  const LogprobParams& lp = fp.lp;
+  const LossHeadParams& h = fp.head;
+  if (pending) __cluster_barrier_wait();  // every block has read the previous row's parts
+  if (threadIdx.x == 0) part = st;
+  __cluster_barrier_arrive();  // release: our part, and every load of the row, come before it
+  __cluster_barrier_wait();    // acquire: every block's part is written
+  if (threadIdx.x == 0) {
+    const unsigned rank = __clusterRelativeBlockRank(), C = __clusterSizeInBlocks();
+    RowStats all = row_stats_init();
+    for (unsigned r = 0; r < C; ++r)
+      all = row_stats_merge(all, *static_cast<const RowStats*>(__cluster_map_shared_rank(&part, r)));
+    all = row_stats_final(all);
+    const float logs = row_logs(all);
+    const float logp = target_logp(in.x_t, lp.temperature, all.m, (double)all.s);
+    const TokenHead th = run_head(h, in, logp);
+    if (rank == 0) {
+      lp.logp[n] = logp;
+      if (lp.stats) {
+        lp.stats[2 * n] = all.m;
+        lp.stats[2 * n + 1] = logs;
+      }
+      if (lp.entropy) lp.entropy[n] = row_entropy(all);
+      h.tok_loss[n] = th.loss;
+      if (h.g_logp) h.g_logp[n] = th.g;
+    }
+    bc[0] = th.g, bc[1] = in.x_t, bc[2] = all.m, bc[3] = logs;
+  }
+  __cluster_barrier_arrive();  // thread 0 has read the cluster's parts; waited for before `part` changes
+  pending = true;
+  __syncthreads();  // bc is next written after the next row's cluster barrier, which every thread here
+                    // reaches after reading it
+}
+
+// Masked row (coef 0): not read; zeros as the kernel above.
+template <int kR>
+__device__ __forceinline__ void resident_masked_row(const FusedLossParams& fp, int64_t n, uint4* dst, int v0, int v1) {
+  if (__clusterRelativeBlockRank() == 0 && threadIdx.x == 0) {
+    fp.lp.logp[n] = 0.0f;
+    if (fp.lp.stats) fp.lp.stats[2 * n] = fp.lp.stats[2 * n + 1] = 0.0f;
+    if (fp.lp.entropy) fp.lp.entropy[n] = 0.0f;
+    fp.head.tok_loss[n] = 0.0f;
+    if (fp.head.g_logp) fp.head.g_logp[n] = 0.0f;
+  }
+#pragma unroll
+  for (int k = 0; k < kR; ++k) {
+    const int i = v0 + (int)threadIdx.x + k * kResThreads;
+    if (i < v1) __stcs(dst + i, make_uint4(0u, 0u, 0u, 0u));
+  }
+}
+#endif
+
+template <typename T, int kR, bool kEnt, bool kScaled, bool kPrefetch>
 __global__ void __launch_bounds__(kResThreads, kR >= 16 ? 2 : 3)
     resident_loss_kernel(const FusedLossParams fp, int per_block) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   constexpr int kN = Vec<T>::kN;
   using S = std::conditional_t<kScaled, DivScale, NoScale>;
   const LogprobParams& lp = fp.lp;
-  const LossHeadParams& h = fp.head;
   const S scale = [&] { if constexpr (kScaled) return DivScale(lp.temperature); else return NoScale{}; }();
-  const unsigned rank = __clusterRelativeBlockRank(), C = __clusterSizeInBlocks();
   const int nvec = (int)(lp.V / kN);
-  const int v0 = (int)rank * per_block, v1 = min(v0 + per_block, nvec);  // this block's vectors
-  __shared__ RowStats part;  // this block's statistics of the current row, read by every block of the cluster
-  __shared__ float bc[4];    // g, x_t, m, log s: thread 0 to the block
-  bool pending = false;      // an arrive of ours whose wait is still due: the cluster may be reading `part`
-  for (int64_t n = __clusterIdx().x; n < lp.N; n += __clusterGridDimInClusters().x) {
-    const T* row = static_cast<const T*>(lp.logits) + n * lp.row_stride;
-    T* out = static_cast<T*>(fp.dlogits) + n * fp.grad_row_stride;
-    const uint4* src = reinterpret_cast<const uint4*>(row);
-    uint4* dst = reinterpret_cast<uint4*>(out);
-    if (h.mask[n] == 0.0f) {  // masked (coef 0): not read; zeros as the kernel above
-      if (rank == 0 && threadIdx.x == 0) {
-        lp.logp[n] = 0.0f;
-        if (lp.stats) lp.stats[2 * n] = lp.stats[2 * n + 1] = 0.0f;
-        if (lp.entropy) lp.entropy[n] = 0.0f;
-        h.tok_loss[n] = 0.0f;
-        if (h.g_logp) h.g_logp[n] = 0.0f;
-      }
+  const int v0 = (int)__clusterRelativeBlockRank() * per_block, v1 = min(v0 + per_block, nvec);  // our vectors
+  const auto mine = [&](int k) { return v0 + (int)threadIdx.x + k * kResThreads; };  // k-th vector, < v1
+  const auto src_of = [&](int64_t n) {
+    return reinterpret_cast<const uint4*>(static_cast<const T*>(lp.logits) + n * lp.row_stride);
+  };
+  __shared__ RowStats part;          // this block's statistics of the current row, read by the whole cluster
+  __shared__ float bc[4];            // g, x_t, m, log s: thread 0 to the block
+  extern __shared__ uint4 stage[];   // kPrefetch: this thread's vectors of the next row, at k * 256 + tid
+  // The cluster's rows: first, first + stride, ... (special registers, read where needed: no GPRs held)
+  const auto stride = [] { return (int64_t)__clusterGridDimInClusters().x; };
+  const auto prefetch = [&](int64_t n) {  // unmasked rows only: masked rows are never read
+    if (n < lp.N && fp.head.mask[n] != 0.0f) {
 #pragma unroll
-      for (int k = 0; k < kR; ++k) {
-        const int i = v0 + (int)threadIdx.x + k * kResThreads;
-        if (i < v1) __stcs(dst + i, make_uint4(0u, 0u, 0u, 0u));
-      }
+      for (int k = 0; k < kR; ++k)
+        if (mine(k) < v1) cp_async16(&stage[k * kResThreads + threadIdx.x], src_of(n) + mine(k));
+    }
+    cp_async_commit();
+  };
+  if constexpr (kPrefetch) prefetch(__clusterIdx().x);
+  bool pending = false;  // an arrive of ours whose wait is still due: the cluster may be reading `part`
+  for (int64_t n = __clusterIdx().x; n < lp.N; n += stride()) {
+    uint4* dst = reinterpret_cast<uint4*>(static_cast<T*>(fp.dlogits) + n * fp.grad_row_stride);
+    if (fp.head.mask[n] == 0.0f) {
+      if constexpr (kPrefetch) prefetch(n + stride());
+      resident_masked_row<kR>(fp, n, dst, v0, v1);
       continue;
     }
     uint4 raw[kR];
+    if constexpr (kPrefetch) cp_async_wait_all();  // our copies of this row have landed
 #pragma unroll
-    for (int k = 0; k < kR; ++k) {  // all loads in flight at once: the row is read here and never again
-      const int i = v0 + (int)threadIdx.x + k * kResThreads;
-      if (i < v1) raw[k] = __ldcs(src + i);
-    }
+    for (int k = 0; k < kR; ++k)  // all loads in flight at once: the row is read here and never again
+      if (mine(k) < v1) raw[k] = kPrefetch ? stage[k * kResThreads + threadIdx.x] : __ldcs(src_of(n) + mine(k));
     const int64_t target = lp.targets[n];
     HeadIn in;
-    if (threadIdx.x == 0) in = load_head_in(h, row, target, n);
+    if (threadIdx.x == 0) in = load_head_in(fp.head, static_cast<const T*>(lp.logits) + n * lp.row_stride, target, n);
     RowStats st = row_stats_init();
 #pragma unroll
     for (int k = 0; k < kR; ++k) {
-      if (v0 + (int)threadIdx.x + k * kResThreads < v1) {
+      if (mine(k) < v1) {
         float x[kN];
         unpack<T>(raw[k], x);
 #pragma unroll
@@ -186,54 +253,28 @@ __global__ void __launch_bounds__(kResThreads, kR >= 16 ? 2 : 3)
         stats_push<kEnt>(st, x);
       }
     }
-    st = group_merge<kResThreads>(st);
-    if (pending) __cluster_barrier_wait();  // every block has read the previous row's parts
-    if (threadIdx.x == 0) part = st;
-    __cluster_barrier_arrive();  // release: our part, and every load of the row above, come before it
-    __cluster_barrier_wait();    // acquire: every block's part is written
-    if (threadIdx.x == 0) {
-      RowStats all = row_stats_init();
-      for (unsigned r = 0; r < C; ++r)
-        all = row_stats_merge(all, *static_cast<const RowStats*>(__cluster_map_shared_rank(&part, r)));
-      all = row_stats_final(all);
-      const float logs = row_logs(all);
-      const float logp = target_logp(in.x_t, lp.temperature, all.m, (double)all.s);
-      const TokenHead th = run_head(h, in, logp);
-      if (rank == 0) {
-        lp.logp[n] = logp;
-        if (lp.stats) {
-          lp.stats[2 * n] = all.m;
-          lp.stats[2 * n + 1] = logs;
-        }
-        if (lp.entropy) lp.entropy[n] = row_entropy(all);
-        h.tok_loss[n] = th.loss;
-        if (h.g_logp) h.g_logp[n] = th.g;
-      }
-      bc[0] = th.g, bc[1] = in.x_t, bc[2] = all.m, bc[3] = logs;
-    }
-    __cluster_barrier_arrive();  // thread 0 has read the cluster's parts; waited for before `part` changes
-    pending = true;
-    __syncthreads();
+    // Every slot of `stage` has been read into registers and used above: the next row may stream in now.
+    if constexpr (kPrefetch) prefetch(n + stride());
+    cluster_row_head(fp, n, in, group_merge<kResThreads>(st), part, bc, pending);
     const float g = bc[0];
-    // bc is next written after the next row's cluster barrier, which every thread here reaches after this.
     const GradRow<false, S> gr((int)target, bc[1], bc[2], bc[3], 0.0f, g, 0.0f, lp.temperature, scale);
 #pragma unroll
     for (int k = 0; k < kR; ++k) {
-      const int i = v0 + (int)threadIdx.x + k * kResThreads;
-      if (i < v1) {
+      if (mine(k) < v1) {
         float x[kN];
         if (g == 0.0f) {  // as row_grad: a zero gradient row is zeros, whatever the logits hold
 #pragma unroll
           for (int e = 0; e < kN; ++e) x[e] = 0.0f;
         } else {
           unpack<T>(raw[k], x);
-          gr.vec(i * kN, x);
+          gr.vec(mine(k) * kN, x);
         }
-        __stcs(dst + i, pack<T>(x));
+        __stcs(dst + mine(k), pack<T>(x));
       }
     }
   }
-  if (pending) __cluster_barrier_wait();  // no block leaves while another may still read its `part`
+  if constexpr (kPrefetch) cp_async_wait_all();  // no copy into our shared memory outlives the block
+  if (pending) __cluster_barrier_wait();         // no block leaves while another may still read its `part`
 #endif
 }
 
@@ -280,44 +321,50 @@ bool resident_applies(const FusedLossParams& p, const ResidentPlan& plan) {
   return plan.R != 0 && p.dlogits && aligned(p.lp.logits, p.lp.row_stride) && aligned(p.dlogits, p.grad_row_stride);
 }
 
-// Whether a cluster of C blocks of `kernel` fits on the current device (cudaOccupancyMaxActiveClusters;
-// past 8 blocks after allowing non-portable sizes), asked once per kernel, C and device.
+// How many clusters of C blocks of `kernel` fit on the current device at once (cudaOccupancyMaxActiveClusters;
+// past 8 blocks after allowing non-portable sizes; 0: this shape does not fit), asked once per kernel, C and
+// device. cfg carries the block size and dynamic shared memory.
 template <typename K>
-bool cluster_fits(K kernel, const cudaLaunchConfig_t& cfg, int C) {
+int cluster_slots(K kernel, const cudaLaunchConfig_t& cfg, int C) {
   static std::mutex mu;
-  static std::map<std::pair<int, int>, bool> known;
+  static std::map<std::pair<int, int>, int> known;
   int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return false;
+  if (cudaGetDevice(&dev) != cudaSuccess) return 0;
   std::lock_guard<std::mutex> lock(mu);
   const auto it = known.find({C, dev});
   if (it != known.end()) return it->second;
+  bool ok = C <= kResPortable ||
+            cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) == cudaSuccess;
+  if (ok && cfg.dynamicSmemBytes > 48 * 1024)
+    ok = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)cfg.dynamicSmemBytes) ==
+         cudaSuccess;
   int active = 0;
-  const bool allowed = C <= kResPortable ||
-                       cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) == cudaSuccess;
-  const bool ok = allowed && cudaOccupancyMaxActiveClusters(&active, kernel, &cfg) == cudaSuccess && active >= 1;
+  if (!ok || cudaOccupancyMaxActiveClusters(&active, kernel, &cfg) != cudaSuccess) active = 0;
   cudaGetLastError();  // a refused shape is not the caller's launch error
-  known.emplace(std::make_pair(C, dev), ok);
-  return ok;
+  known.emplace(std::make_pair(C, dev), active);
+  return active;
 }
 
-// Launches resident_loss_kernel for `plan`; *launched stays false when the cluster shape does not fit (the
-// caller then takes fused_loss_kernel).
-template <typename T, int kR, bool kEnt, bool kScaled>
+// Launches resident_loss_kernel for `plan`: one row a cluster (grid-stride past 2^31 - 1 blocks), or with
+// kPrefetch a persistent grid of as many clusters as fit at once. *launched stays false when the cluster
+// shape does not fit (the caller then takes fused_loss_kernel).
+template <typename T, int kR, bool kEnt, bool kScaled, bool kPrefetch>
 std::string launch_resident(const FusedLossParams& p, const ResidentPlan& plan, cudaStream_t s, bool* launched) {
-  auto kernel = resident_loss_kernel<T, kR, kEnt, kScaled>;
+  auto kernel = resident_loss_kernel<T, kR, kEnt, kScaled, kPrefetch>;
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeClusterDimension;
   attr[0].val.clusterDim.x = (unsigned)plan.C, attr[0].val.clusterDim.y = 1, attr[0].val.clusterDim.z = 1;
-  // One row a cluster (grid-stride past 2^31 - 1 blocks); the grid only needs to be a multiple of C.
-  const int64_t clusters = std::min<int64_t>(p.lp.N, (int64_t)(2147483647 / plan.C));
   cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3((unsigned)(clusters * plan.C));
+  cfg.gridDim = dim3((unsigned)plan.C);  // for the occupancy query; set below
   cfg.blockDim = dim3(kResThreads);
-  cfg.dynamicSmemBytes = 0;
+  cfg.dynamicSmemBytes = kPrefetch ? (size_t)kR * kResThreads * 16 : 0;
   cfg.stream = s;
   cfg.attrs = attr;
   cfg.numAttrs = 1;
-  if (!cluster_fits(kernel, cfg, plan.C)) return "";
+  const int slots = cluster_slots(kernel, cfg, plan.C);
+  if (slots < 1) return "";
+  const int64_t cap = kPrefetch ? (int64_t)slots : (int64_t)(2147483647 / plan.C);
+  cfg.gridDim = dim3((unsigned)(std::min<int64_t>(p.lp.N, cap) * plan.C));  // a multiple of C
   *launched = true;
   const cudaError_t e = cudaLaunchKernelEx(&cfg, kernel, p, plan.per_block);
   if (e != cudaSuccess) {
@@ -350,7 +397,10 @@ std::string fused_loss(const FusedLossParams& p, void* stream) {
       using T = typename decltype(tag)::type;
       const bool ent = p.lp.entropy != nullptr, scaled = p.lp.temperature != 1.0;
       const auto go = [&](auto r, auto e, auto sc) {
-        err = launch_resident<T, decltype(r)::value, decltype(e)::value, decltype(sc)::value>(p, plan, s, &launched);
+        constexpr int kR = decltype(r)::value;
+        constexpr bool kE = decltype(e)::value, kS = decltype(sc)::value;
+        err = p.rows_prefetch ? launch_resident<T, kR, kE, kS, true>(p, plan, s, &launched)
+                              : launch_resident<T, kR, kE, kS, false>(p, plan, s, &launched);
       };
       using R4 = std::integral_constant<int, 4>;
       using R8 = std::integral_constant<int, 8>;

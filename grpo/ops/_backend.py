@@ -69,14 +69,21 @@ def launch_args(t: torch.Tensor) -> dict:
     return {"device": 0, "stream": 0, "num_threads": torch.get_num_threads()}
 
 
-def rows_on_chip_policy() -> int:
+def rows_on_chip_knob() -> tuple[int, bool]:
     """GRPO_ROWS_ON_CHIP, a measurement knob for the CUDA fused loss's rows-on-chip kernel: 0 keeps it off,
     1 (or unset) its default plan, 4 / 8 / 16 that many 16-byte vectors a thread (clusters of up to 16
-    blocks). csrc/params.h FusedLossParams.rows_on_chip."""
+    blocks); a trailing "p" (e.g. 16p) runs it on a persistent grid that prefetches each cluster's next row.
+    Returns (policy, prefetch): csrc/params.h FusedLossParams.rows_on_chip and rows_prefetch."""
     value = os.environ.get("GRPO_ROWS_ON_CHIP", "1")
-    if value not in ("0", "1", "4", "8", "16"):
-        raise ValueError(f"GRPO_ROWS_ON_CHIP: expected 0, 1, 4, 8 or 16, got {value!r}")
-    return int(value)
+    policy, prefetch = (value[:-1], True) if value.endswith("p") else (value, False)
+    if policy not in ("0", "1", "4", "8", "16") or (prefetch and policy == "0"):
+        raise ValueError(f"GRPO_ROWS_ON_CHIP: expected 0, or 1, 4, 8 or 16 with an optional trailing p, got {value!r}")
+    return int(policy), prefetch
+
+
+def rows_on_chip_policy() -> int:
+    """The slice policy of GRPO_ROWS_ON_CHIP (rows_on_chip_knob): 0 off, 1 the default plan, 4 / 8 / 16."""
+    return rows_on_chip_knob()[0]
 
 
 def rows_on_chip(rows: torch.Tensor) -> bool:

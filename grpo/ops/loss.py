@@ -151,6 +151,7 @@ def _launch_fused_loss(logits2d, targets1d, mask, coef, adv, old, ref, samp, con
     tok_loss, g, logp = torch.empty(N, **f32), torch.empty(N, **f32), torch.empty(N, **f32)
     stats = torch.empty(N, 2, **f32)
     ent = torch.empty(N, **f32) if config.entropy else None
+    policy, prefetch = _backend.rows_on_chip_knob()
     _backend.native().fused_loss(
         **_backend.launch_args(logits2d), V=V, logits=logits2d.data_ptr(), targets=targets1d.data_ptr(),
         logp=logp.data_ptr(), stats=stats.data_ptr(), entropy=_backend.ptr(ent),
@@ -160,7 +161,7 @@ def _launch_fused_loss(logits2d, targets1d, mask, coef, adv, old, ref, samp, con
         old_logp=_backend.ptr(old), ref_logp=_backend.ptr(ref), sampling_logp=_backend.ptr(samp),
         mask=mask.data_ptr(), coef=coef.data_ptr(), advantages=adv.data_ptr(), tok_loss=tok_loss.data_ptr(),
         g_logp=g.data_ptr(), B=B, T=T, ratio_level=_ratio_code(config),
-        rows_on_chip=_backend.rows_on_chip_policy(), **head_options(config))
+        rows_on_chip=policy, rows_prefetch=prefetch, **head_options(config))
     return tok_loss, logp, ent, stats, g
 
 
