@@ -37,7 +37,8 @@ template <typename T> struct Vec { static constexpr int kN = 16 / (int)sizeof(T)
 // next to a scalar fallback, or of constant zeros, is otherwise split into narrower stores by the optimizer.
 template <typename T> __device__ __forceinline__ void unpack(const uint4& v, float (&f)[Vec<T>::kN]);
 template <> __device__ __forceinline__ void unpack<float>(const uint4& v, float (&f)[4]) {
-  f[0] = __uint_as_float(v.x), f[1] = __uint_as_float(v.y), f[2] = __uint_as_float(v.z), f[3] = __uint_as_float(v.w);
+  f[0] = __uint_as_float(v.x), f[1] = __uint_as_float(v.y);
+  f[2] = __uint_as_float(v.z), f[3] = __uint_as_float(v.w);
 }
 template <> __device__ __forceinline__ void unpack<__nv_bfloat16>(const uint4& v, float (&f)[8]) {
   const uint32_t w[4] = {v.x, v.y, v.z, v.w};
