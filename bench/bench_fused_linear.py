@@ -95,15 +95,16 @@ def make_fns(names, batch, chunk_tokens, device, ratio_level="token") -> dict:
     config = CONFIGS[ratio_level]
     t, m, a, old = batch["targets"], batch["mask"], batch["advantages"], batch["old_logp"]
     fns = {}
+
+    def ours(b, s):
+        return lambda h, w: ops.fused_linear_grpo_loss(h, w, t, m, a, old_logp=old, config=config,
+                                                       chunk_tokens=chunk_tokens, backend=b, schedule=s).loss
+
     for name in names:
         if name in OURS:
-            sched = "vocab" if name.endswith("-vocab") else "tokens"
-            fns[name] = lambda h, w, b=BACKEND_OF[name], s=sched: ops.fused_linear_grpo_loss(
-                h, w, t, m, a, old_logp=old, config=config, chunk_tokens=chunk_tokens, backend=b, schedule=s).loss
+            fns[name] = ours(BACKEND_OF[name], "vocab" if name.endswith("-vocab") else "tokens")
         elif name == "cuda-offchip":  # the tokens schedule with the chunk's rows read twice (GRPO_ROWS_ON_CHIP=0)
-            fns[name] = common.with_env(lambda h, w: ops.fused_linear_grpo_loss(
-                h, w, t, m, a, old_logp=old, config=config, chunk_tokens=chunk_tokens, backend="cuda",
-                schedule="tokens").loss, GRPO_ROWS_ON_CHIP="0")
+            fns[name] = common.with_env(ours("cuda", "tokens"), GRPO_ROWS_ON_CHIP="0")
         elif name == "torch":
             fns[name] = lambda h, w: fused_linear_grpo_loss_ref(h, w, t, m, a, old_logp=old, config=config).loss
         elif name == "compile":

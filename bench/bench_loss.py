@@ -43,13 +43,12 @@ DEFAULT_OPS = ("grpo_loss", "token_logprobs")  # what a plain run times (the ent
 OURS = ("cpu", "cuda", "triton")  # grpo.ops backends; the first one present is the ratios' base
 BACKEND_OF = {"cpu": "cpu", "cuda": "cuda", "triton": "triton", "torch": "torch", "compile": "inductor",
               "liger": "liger-triton", "trl": "trl",
-              "cpu-inplace": "cpu", "cuda-inplace": "cuda", "triton-inplace": "triton", "cuda-offchip": "cuda",
-              "cuda-r4": "cuda", "cuda-r8": "cuda", "cuda-r16": "cuda", "cuda-p": "cuda", "cuda-r8p": "cuda",
-              "cuda-r16p": "cuda"}
+              "cpu-inplace": "cpu", "cuda-inplace": "cuda", "triton-inplace": "triton"}
 # backend="cuda" with GRPO_ROWS_ON_CHIP set (grpo/ops/_backend.py rows_on_chip_knob): off, a fixed slice, and
 # with "p" the persistent grid that prefetches each cluster's next row
 ROWS_ON_CHIP = {"cuda-offchip": "0", "cuda-r4": "4", "cuda-r8": "8", "cuda-r16": "16", "cuda-p": "1p",
                 "cuda-r8p": "8p", "cuda-r16p": "16p"}
+BACKEND_OF.update({name: "cuda" for name in ROWS_ON_CHIP})
 FULL_SHAPES = {"cpu": [(4096, 32000), (1024, 151936)], "cuda": [(16384, 151936), (4096, 32000)]}
 QUICK_SHAPES = {"cpu": [(512, 32000)], "cuda": [(4096, 32000)]}
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
@@ -396,7 +395,7 @@ def parse_args(argv=None):
     p.add_argument("--dtypes", default="fp32,bf16", help="comma-separated: fp32, bf16, fp16")
     p.add_argument("--providers", default=None,
                    help="comma-separated from cpu, cuda, triton, cpu-inplace, cuda-inplace, triton-inplace, "
-                        "cuda-offchip, cuda-r4, cuda-r8, cuda-r16, cuda-p, cuda-r8p, cuda-r16p, "
+                        + ", ".join(ROWS_ON_CHIP) + ", "
                         "liger, trl, torch, compile (default: ours, the installed peers, torch, compile)")
     p.add_argument("--ops", default=",".join(DEFAULT_OPS), help="comma-separated from " + ", ".join(OPS))
     p.add_argument("--reps", type=int, default=None, help="timed rounds per provider (default 15, quick 5)")

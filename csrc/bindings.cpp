@@ -168,19 +168,22 @@ void fused_loss(int device, uintptr_t stream, int num_threads, uintptr_t logits,
 }
 
 // The CUDA fused_loss's rows-on-chip shape (R vectors a thread, C blocks a row, vectors a block) for rows of
-// V elements of `dtype` at 16-byte aligned addresses and a rows_on_chip policy: on the current device when
-// `on_device` (all zeros before sm_90 or without a device), else whatever the device. (0, 0, 0): the kernel
-// that reads rows twice.
-py::tuple cuda_rows_on_chip(int64_t V, int dtype, bool on_device, int policy) {
+// V elements of `dtype` starting at `logits`, `row_stride` elements apart (0: V; the default null pointer
+// counts as aligned), under a rows_on_chip policy: on the current device when `on_device` (all zeros before
+// sm_90 or without a device), else whatever the device. (0, 0, 0): the kernel that reads rows twice.
+py::tuple cuda_rows_on_chip(int64_t V, int dtype, bool on_device, int policy, uintptr_t logits, int64_t row_stride) {
   check_dtype(dtype);
   check_rows_on_chip(policy);
   require(V >= 1, "V must be >= 1, got " + std::to_string(V));
+  require(row_stride == 0 || row_stride >= V, "row_stride must be 0 (V) or >= V");
 #ifdef GRPO_WITH_CUDA
   const cuda::ResidentPlan p =
       on_device ? cuda::resident_plan(V, dtype, policy) : cuda::resident_plan_for(V, dtype, policy);
+  if (!cuda::rows_aligned(as_ptr<const void>(logits), row_stride ? row_stride : V, dtype))
+    return py::make_tuple(0, 0, 0);
   return py::make_tuple(p.R, p.C, p.per_block);
 #else
-  (void)on_device;
+  (void)on_device, (void)logits;
   return py::make_tuple(0, 0, 0);
 #endif
 }
@@ -233,7 +236,7 @@ PYBIND11_MODULE(_C, m) {
         arg("beta"), arg("is_cap"), arg("kl"), arg("ratio_level"), arg("is_mode"), arg("dlogits"),
         arg("grad_row_stride"), arg("rows_on_chip") = 1, arg("rows_prefetch") = false);
   m.def("cuda_rows_on_chip", &cuda_rows_on_chip, arg("V"), arg("dtype"), arg("on_device") = true,
-        arg("policy") = 1);
+        arg("policy") = 1, arg("logits") = 0, arg("row_stride") = 0);
   m.def("linear", &linear, arg("num_threads"), arg("x"), arg("w"), arg("bias"), arg("y"), arg("M"), arg("N"), arg("K"),
         arg("ldx"), arg("ldw"), arg("ldy"), arg("dtype"));
 }

@@ -77,6 +77,19 @@ def test_blocks_cover_each_vector_once(V, dtype, policy):
     assert idx.size == nvec and np.array_equal(np.sort(idx), np.arange(nvec))
 
 
+def test_unaligned_rows_get_no_plan():
+    """The launcher's alignment rule, the one _backend.rows_on_chip asks: rows must start on 16-byte
+    boundaries (base pointer and row stride)."""
+    want = plan(32000, torch.bfloat16)
+    assert want[0] != 0
+    ask = lambda **kw: C.cuda_rows_on_chip(32000, 1, on_device=False, **kw)  # noqa: E731
+    assert ask(logits=4096, row_stride=32000) == want and ask(logits=4096, row_stride=32008) == want
+    assert ask(logits=4098, row_stride=32000) == (0, 0, 0)  # 2 bytes past a boundary
+    assert ask(logits=4096, row_stride=32001) == (0, 0, 0)  # the second row is not
+    with pytest.raises(ValueError, match="row_stride"):
+        ask(row_stride=31999)
+
+
 def test_no_device_no_plan_and_bad_arguments():
     if not torch.cuda.is_available():
         assert C.cuda_rows_on_chip(151936, 1) == (0, 0, 0)  # on_device: no sm_90 device here
@@ -93,7 +106,7 @@ def test_policy_knob(monkeypatch):
     for value, knob in (("0", (0, False)), ("1", (1, False)), ("8", (8, False)), ("16p", (16, True)),
                         ("1p", (1, True))):
         monkeypatch.setenv("GRPO_ROWS_ON_CHIP", value)
-        assert _backend.rows_on_chip_knob() == knob and _backend.rows_on_chip_policy() == knob[0]
+        assert _backend.rows_on_chip_knob() == knob
     monkeypatch.delenv("GRPO_ROWS_ON_CHIP")
     assert _backend.rows_on_chip_knob() == (1, False)
     for bad in ("3", "0p", "p", "8pp", "on"):

@@ -23,6 +23,8 @@ struct ResidentPlan {
 // policy: FusedLossParams.rows_on_chip (0 never, 1 the default plan, 4 / 8 / 16 that slice size)
 ResidentPlan resident_plan_for(int64_t V, int dtype, int policy);  // the shape, whatever the device
 ResidentPlan resident_plan(int64_t V, int dtype, int policy);      // on the current device (empty before sm_90)
+// Whether rows at `rows`, `row_stride` elements apart, start on 16-byte boundaries (the kernel's other need).
+bool rows_aligned(const void* rows, int64_t row_stride, int dtype);
 
 }  // namespace cuda
 }  // namespace grpo

@@ -313,12 +313,14 @@ ResidentPlan resident_plan(int64_t V, int dtype, int policy) {
   return resident_plan_for(V, dtype, policy);
 }
 
+bool rows_aligned(const void* rows, int64_t row_stride, int dtype) {
+  const int64_t esize = dtype == kFloat32 ? 4 : 2;
+  return reinterpret_cast<uintptr_t>(rows) % 16 == 0 && (row_stride * esize) % 16 == 0;
+}
+
 bool resident_applies(const FusedLossParams& p, const ResidentPlan& plan) {
-  const int64_t esize = p.lp.dtype == kFloat32 ? 4 : 2;
-  const auto aligned = [&](const void* ptr, int64_t stride) {
-    return reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && (stride * esize) % 16 == 0;
-  };
-  return plan.R != 0 && p.dlogits && aligned(p.lp.logits, p.lp.row_stride) && aligned(p.dlogits, p.grad_row_stride);
+  return plan.R != 0 && p.dlogits && rows_aligned(p.lp.logits, p.lp.row_stride, p.lp.dtype) &&
+         rows_aligned(p.dlogits, p.grad_row_stride, p.lp.dtype);
 }
 
 // How many clusters of C blocks of `kernel` fit on the current device at once (cudaOccupancyMaxActiveClusters;

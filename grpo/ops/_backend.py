@@ -81,22 +81,18 @@ def rows_on_chip_knob() -> tuple[int, bool]:
     return int(policy), prefetch
 
 
-def rows_on_chip_policy() -> int:
-    """The slice policy of GRPO_ROWS_ON_CHIP (rows_on_chip_knob): 0 off, 1 the default plan, 4 / 8 / 16."""
-    return rows_on_chip_knob()[0]
-
-
 def rows_on_chip(rows: torch.Tensor) -> bool:
     """Whether the CUDA fused loss reads each row of `rows` (N, V) once for both the loss and dlogits: on
     sm_90 a cluster of blocks holds a row in registers (csrc/cuda/loss.cu, resident_loss_kernel) when its
-    rows are whole 16-byte vectors at 16-byte aligned addresses and V is within the kernel's range."""
-    policy = rows_on_chip_policy()
-    if not rows.is_cuda or policy == 0 or rows.dim() != 2:
-        return False
-    if rows.dtype not in KERNEL_DTYPE_CODES or rows.data_ptr() % 16 or row_stride(rows) % (16 // rows.element_size()):
+    rows are whole 16-byte vectors at 16-byte aligned addresses and V is within the kernel's range (the
+    launcher's own rule, asked through grpo._C)."""
+    policy, _ = rows_on_chip_knob()
+    if not rows.is_cuda or policy == 0 or rows.dim() != 2 or rows.dtype not in KERNEL_DTYPE_CODES:
         return False
     with torch.cuda.device(rows.device):
-        return native().cuda_rows_on_chip(rows.shape[1], KERNEL_DTYPE_CODES[rows.dtype], policy=policy)[0] != 0
+        plan = native().cuda_rows_on_chip(rows.shape[1], KERNEL_DTYPE_CODES[rows.dtype], policy=policy,
+                                          logits=rows.data_ptr(), row_stride=row_stride(rows))
+    return plan[0] != 0
 
 
 def ptr(t):
